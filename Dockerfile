@@ -1,0 +1,16 @@
+# MitoLens web and worker image. CUDA is used by workers when the host exposes a GPU.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MITOLENS_VAR_DIR=/var/lib/mitolens SLIDE_STORE=/slides/store SLIDE_IMPORT_DIRS=/slides/import \
+    STATIC_ROOT=/app/staticfiles
+
+WORKDIR /app
+COPY pyproject.toml ./
+RUN pip install --no-cache-dir -e . && useradd --create-home --uid 1000 mitolens
+COPY . .
+RUN DEBUG=1 SECRET_KEY=build-only python manage.py collectstatic --noinput \
+    && mkdir -p /var/lib/mitolens /slides && chown -R mitolens /var/lib/mitolens /slides
+USER mitolens
+EXPOSE 8000
+CMD ["gunicorn", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "4", "--threads", "4", "--worker-class", "gthread", "--access-logfile", "-"]

@@ -1,0 +1,281 @@
+"""Authenticated Deep Zoom tiles through the portal vs OpenSlide's example-style server.
+
+Starts each server fresh (cold caches) for every scenario and client count, plays
+the same request lists against both, and prints tiles/s and p50/p95 latency.
+
+Scenarios:
+  viewing  each client is a pathologist browsing: overview first, then random
+           viewports (7×4 tiles) at the four highest-resolution levels, each
+           client on its own seeded path; clients share tiles only where their
+           views overlap (overview levels, nearby regions).
+  unique   every tile of the top levels is requested exactly once, shuffled and
+           split between clients: no tile is ever asked for twice.
+
+Usage: python benchmarks/tiles.py [--slide PATH | --size 16000x12000] [--clients 1,4,8]
+"""
+
+import argparse
+import http.client
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+VIEW_COLS, VIEW_ROWS = 7, 4
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slide", type=Path, help="slide to serve (default: a synthetic one)")
+    parser.add_argument("--size", default="16000x12000", help="synthetic slide size")
+    parser.add_argument("--clients", default="1,4,8")
+    parser.add_argument("--requests", type=int, default=1200, help="tile requests per run")
+    parser.add_argument("--scenarios", default="viewing,unique")
+    parser.add_argument("--gunicorn-workers", type=int, default=2)
+    parser.add_argument("--gunicorn-threads", type=int, default=8)
+    return parser.parse_args()
+
+
+def setup_portal(var_dir: Path, slide_path: Path) -> tuple[int, str]:
+    """Migrate a fresh SQLite portal, register the slide, return (slide id, session cookie)."""
+    os.environ.update(portal_env(var_dir))
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import Group, User
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.core.management import call_command
+
+    from cases.models import Case, CaseAssignment, Patient
+    from cases.registration import register_slide
+
+    call_command("migrate", verbosity=0)
+    user = User.objects.create_user("bench", password="bench-password-1")
+    user.groups.add(Group.objects.get(name="pathologist"))
+    case = Case.objects.create(
+        accession="BENCH-1", patient=Patient.objects.create(external_ref="B")
+    )
+    CaseAssignment.objects.create(case=case, pathologist=user)
+    slide = register_slide(slide_path, case, slide_path.name)
+    session = SessionStore()
+    session["_auth_user_id"] = str(user.pk)
+    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+    session["_auth_user_hash"] = user.get_session_auth_hash()
+    session.create()
+    return slide.pk, session.session_key
+
+
+def portal_env(var_dir: Path) -> dict[str, str]:
+    return {
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "MITOLENS_VAR_DIR": str(var_dir),
+        "SLIDE_IMPORT_DIRS": str(var_dir / "import"),
+        "DEBUG": "0",
+        "SECRET_KEY": "benchmark-only-secret-key-" + "x" * 40,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "0",
+        "DATABASE_URL": f"sqlite:///{var_dir / 'bench.sqlite3'}",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def tile_levels(slide_path: Path):
+    import openslide
+    from openslide.deepzoom import DeepZoomGenerator
+
+    with openslide.OpenSlide(slide_path) as slide:
+        generator = DeepZoomGenerator(slide, 254, 1)
+        return generator.level_count, generator.level_tiles
+
+
+def viewing_requests(level_count, level_tiles, clients, total, seed=1):
+    """Per client: the overview levels, then random 7×4-tile viewports at high resolution."""
+    per_client = total // clients
+    plans = []
+    for client in range(clients):
+        rng = random.Random(seed + client)
+        plan = []
+        for level in range(level_count - 5, level_count - 3):
+            cols, rows = level_tiles[level]
+            plan += [(level, c, r) for c in range(cols) for r in range(rows)]
+        while len(plan) < per_client:
+            level = rng.randrange(level_count - 4, level_count)
+            cols, rows = level_tiles[level]
+            col0 = rng.randrange(max(1, cols - VIEW_COLS + 1))
+            row0 = rng.randrange(max(1, rows - VIEW_ROWS + 1))
+            plan += [
+                (level, c, r)
+                for c in range(col0, min(cols, col0 + VIEW_COLS))
+                for r in range(row0, min(rows, row0 + VIEW_ROWS))
+            ]
+        plans.append(plan[:per_client])
+    return plans
+
+
+def unique_requests(level_count, level_tiles, clients, total, seed=1):
+    """Every tile of the top levels at most once, shuffled, split between clients."""
+    tiles = [
+        (level, c, r)
+        for level in range(level_count - 4, level_count)
+        for c in range(level_tiles[level][0])
+        for r in range(level_tiles[level][1])
+    ]
+    random.Random(seed).shuffle(tiles)
+    tiles = tiles[:total]
+    return [tiles[i::clients] for i in range(clients)]
+
+
+def play(port: int, plans, url_for, headers) -> dict:
+    latencies: list[float] = []
+    errors = []
+    lock = threading.Lock()
+
+    def client(plan):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine = []
+        for level, col, row in plan:
+            start = time.perf_counter()
+            connection.request("GET", url_for(level, col, row), headers=headers)
+            response = connection.getresponse()
+            response.read()
+            mine.append(time.perf_counter() - start)
+            if response.status != 200:
+                errors.append(response.status)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(plan,)) for plan in plans]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"{len(errors)} failed requests, e.g. HTTP {errors[0]}")
+    latencies.sort()
+    return {
+        "tiles_per_s": len(latencies) / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p95_ms": 1000 * latencies[int(0.95 * (len(latencies) - 1))],
+    }
+
+
+def wait_until_up(port: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("server exited during start-up")
+        try:
+            http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/healthz")
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("server did not start")
+
+
+def run_server(command, env, port, plans, url_for, headers) -> dict:
+    process = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until_up(port, process)
+        return play(port, plans, url_for, headers)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def main() -> None:
+    args = parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mitolens-tiles-"))
+    (work / "import").mkdir()
+    slide_path = args.slide
+    if slide_path is None:
+        from inference.engine.synth import generate_slide
+
+        width, height = (int(v) for v in args.size.split("x"))
+        slide_path = work / "import" / "bench.tiff"
+        print(f"Synthesising a {args.size} slide…", file=sys.stderr)
+        generate_slide(slide_path, seed=11, size=(width, height), mpp=0.25)
+    slide_id, session_key = setup_portal(work, slide_path)
+    level_count, level_tiles = tile_levels(slide_path)
+    env = {**os.environ, **portal_env(work)}
+    python_bin = Path(sys.executable).parent
+    rows = []
+    for scenario in args.scenarios.split(","):
+        make_plans = viewing_requests if scenario == "viewing" else unique_requests
+        for clients in (int(c) for c in args.clients.split(",")):
+            plans = make_plans(level_count, level_tiles, clients, args.requests)
+            baseline = run_server(
+                [sys.executable, "benchmarks/deepzoom_baseline.py", str(slide_path), "8771"],
+                env,
+                8771,
+                plans,
+                lambda lv, c, r: f"/slide_files/{lv}/{c}_{r}.jpeg",
+                {},
+            )
+            portal = run_server(
+                [
+                    str(python_bin / "gunicorn"),
+                    "portal.wsgi:application",
+                    "-b",
+                    "127.0.0.1:8772",
+                    "-k",
+                    "gthread",
+                    "-w",
+                    str(args.gunicorn_workers),
+                    "--threads",
+                    str(args.gunicorn_threads),
+                ],
+                env,
+                8772,
+                plans,
+                lambda lv, c, r: f"/slides/{slide_id}_files/{lv}/{c}_{r}.jpeg",
+                {"Cookie": f"sessionid={session_key}"},
+            )
+            rows.append((scenario, clients, baseline, portal))
+            print(format_row(rows[-1]), flush=True)
+    print_report(args, slide_path, rows)
+
+
+def format_row(row) -> str:
+    scenario, clients, base, portal = row
+    return (
+        f"| {scenario} | {clients} | {base['tiles_per_s']:.0f} "
+        f"| {base['p50_ms']:.1f} | {base['p95_ms']:.1f} "
+        f"| {portal['tiles_per_s']:.0f} | {portal['p50_ms']:.1f} | {portal['p95_ms']:.1f} "
+        f"| {portal['tiles_per_s'] / base['tiles_per_s']:.2f}× |"
+    )
+
+
+def print_report(args, slide_path: Path, rows) -> None:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), "?")
+    print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, {cpu}")
+    print(f"Python {platform.python_version()}; date: {time.strftime('%Y-%m-%d')}")
+    print(f"Slide: {slide_path.name}; {args.requests} requests per run")
+    print(
+        f"Portal: gunicorn gthread {args.gunicorn_workers} workers × "
+        f"{args.gunicorn_threads} threads, session-authenticated, permission-checked"
+    )
+    print(
+        "\n| scenario | clients | baseline tiles/s | baseline p50 ms | baseline p95 ms "
+        "| portal tiles/s | portal p50 ms | portal p95 ms | speed-up |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(format_row(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+from django.contrib import admin
+
+from .models import Case, CaseAssignment, Patient, Slide
+
+
+@admin.register(Patient)
+class PatientAdmin(admin.ModelAdmin):
+    list_display = ["external_ref", "species", "created_at"]
+    search_fields = ["external_ref"]
+    list_filter = ["species"]
+
+
+class AssignmentInline(admin.TabularInline):
+    model = CaseAssignment
+    extra = 1
+    fk_name = "case"
+    autocomplete_fields = ["pathologist"]
+    readonly_fields = ["assigned_at", "assigned_by"]
+
+
+class SlideInline(admin.TabularInline):
+    model = Slide
+    extra = 0
+    fields = ["original_name", "label", "width", "height", "mpp_x", "mpp_override"]
+    readonly_fields = ["original_name", "width", "height", "mpp_x"]
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False  # slides are registered through the upload form or import_slides
+
+
+@admin.register(Case)
+class CaseAdmin(admin.ModelAdmin):
+    list_display = ["accession", "patient", "tumour_type", "priority", "status", "created_at"]
+    list_filter = ["status", "priority", "tumour_type"]
+    search_fields = ["accession", "patient__external_ref"]
+    autocomplete_fields = ["patient"]
+    readonly_fields = ["signed_out_by", "signed_out_at", "final_mitotic_count", "final_grade"]
+    inlines = [AssignmentInline, SlideInline]
+
+    def save_formset(self, request, form, formset, change):
+        for assignment in formset.save(commit=False):
+            if isinstance(assignment, CaseAssignment) and not assignment.assigned_by_id:
+                assignment.assigned_by = request.user
+            assignment.save()
+        formset.save_m2m()
+        for deleted in formset.deleted_objects:
+            deleted.delete()
+
+
+@admin.register(Slide)
+class SlideAdmin(admin.ModelAdmin):
+    list_display = ["original_name", "case", "vendor", "width", "height", "mpp_x", "mpp_override"]
+    list_filter = ["vendor"]
+    search_fields = ["original_name", "case__accession", "sha256"]
+    fields = [
+        "case",
+        "original_name",
+        "label",
+        "mpp_override",
+        "file",
+        "sha256",
+        "size_bytes",
+        "vendor",
+        "width",
+        "height",
+        "level_count",
+        "mpp_x",
+        "mpp_y",
+        "objective_power",
+        "uploaded_by",
+        "created_at",
+    ]
+    readonly_fields = [
+        "case",
+        "original_name",
+        "file",
+        "sha256",
+        "size_bytes",
+        "vendor",
+        "width",
+        "height",
+        "level_count",
+        "mpp_x",
+        "mpp_y",
+        "objective_power",
+        "uploaded_by",
+        "created_at",
+    ]
+
+    def has_add_permission(self, request):
+        return False  # registration goes through OpenSlide checks, not a bare form

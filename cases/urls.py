@@ -1,0 +1,24 @@
+from django.urls import path
+
+from . import views
+
+app_name = "cases"
+
+urlpatterns = [
+    path("", views.queue, name="queue"),
+    path("cases/<int:case_id>/", views.case_detail, name="detail"),
+    path("cases/<int:case_id>/slides/upload/", views.upload_slide, name="upload_slide"),
+    path("slides/<int:slide_id>/", views.viewer, name="viewer"),
+    path("slides/<int:slide_id>.dzi", views.slide_dzi, name="dzi"),
+    path(
+        "slides/<int:slide_id>_files/<int:level>/<int:col>_<int:row>.jpeg",
+        views.slide_tile,
+        name="tile",
+    ),
+    path("slides/<int:slide_id>/thumbnail.jpeg", views.slide_thumbnail, name="thumbnail"),
+    path(
+        "slides/<int:slide_id>/associated/<slug:name>.jpeg",
+        views.slide_associated_image,
+        name="associated_image",
+    ),
+]

@@ -1,0 +1,144 @@
+"""Patch grid over the tissue at the model's µm/px, and a DataLoader that reads it."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from os import PathLike
+
+import numpy as np
+import openslide
+import torch
+from numpy.typing import NDArray
+from torch.utils.data import DataLoader, Dataset
+
+from .slide_io import Scale, open_slide, read_region
+from .tissue import TissueMask
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Level-0 origins of the patches to read, each ``patch_px`` output px at ``scale``."""
+
+    origins: NDArray[np.int64]
+    patch_px: int
+    scale: Scale
+    total: int
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+
+def _axis_starts(length: int, patch_l0: float, step_l0: float) -> NDArray[np.int64]:
+    count = max(1, math.ceil((length - patch_l0) / step_l0) + 1)
+    return np.round(np.arange(count) * step_l0).astype(np.int64)
+
+
+def patch_grid(
+    dimensions: tuple[int, int],
+    scale: Scale,
+    *,
+    patch_px: int = 320,
+    overlap: int = 64,
+    tissue: TissueMask | None = None,
+    min_tissue: float = 0.02,
+) -> PatchGrid:
+    """A row-major grid of ``patch_px`` patches overlapping by ``overlap`` output px.
+
+    The grid covers the whole level-0 ``dimensions`` (edge patches may run past the
+    slide and read white). With ``tissue``, only patches whose tissue fraction is at
+    least ``min_tissue`` are kept; ``total`` counts the full grid.
+    """
+    if not 0 <= overlap < patch_px:
+        raise ValueError(f"overlap must be in [0, {patch_px}), got {overlap}")
+    step = patch_px - overlap
+    xs = _axis_starts(dimensions[0], patch_px * scale.x, step * scale.x)
+    ys = _axis_starts(dimensions[1], patch_px * scale.y, step * scale.y)
+    gx, gy = np.meshgrid(xs, ys)
+    origins = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    total = len(origins)
+    if tissue is not None:
+        fraction = tissue.fraction(
+            origins[:, 0], origins[:, 1], patch_px * scale.x, patch_px * scale.y
+        )
+        origins = origins[fraction >= min_tissue]
+    return PatchGrid(origins, patch_px, scale, total)
+
+
+class PatchDataset(Dataset):
+    """Reads patches of a slide; each process opens its own OpenSlide handle lazily.
+
+    Items are ``(image, origin)``: a uint8 CHW RGB tensor of ``patch_px`` squared (divide
+    by 255 for [0, 1]; kept as uint8 so workers move a quarter of the bytes) and the
+    patch's level-0 origin as an int64 tensor ``(x, y)``.
+    """
+
+    def __init__(
+        self,
+        slide_path: str | PathLike[str],
+        origins: NDArray[np.int64],
+        patch_px: int,
+        scale: Scale,
+    ) -> None:
+        self.slide_path = str(slide_path)
+        self.origins = np.asarray(origins, dtype=np.int64).reshape(-1, 2)
+        self.patch_px = patch_px
+        self.scale = scale
+        self._slide: openslide.OpenSlide | None = None
+        self._pid: int | None = None
+
+    @classmethod
+    def from_grid(cls, slide_path: str | PathLike[str], grid: PatchGrid) -> PatchDataset:
+        """Dataset over the patches of ``grid``."""
+        return cls(slide_path, grid.origins, grid.patch_px, grid.scale)
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.origins[index]
+        image = read_region(self._handle(), (x, y), (self.patch_px, self.patch_px), self.scale)
+        chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        return chw, torch.from_numpy(self.origins[index].copy())
+
+    def _handle(self) -> openslide.OpenSlide:
+        if self._slide is None or self._pid != os.getpid():
+            self._slide = open_slide(self.slide_path)
+            self._pid = os.getpid()
+        return self._slide
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_slide"] = state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        """Close this process's slide handle, if open."""
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    prefetch_factor: int = 4,
+) -> DataLoader:
+    """An ordered DataLoader that reads/decodes in ``num_workers`` processes.
+
+    Memory is pinned when the batches go to CUDA, so host-to-device copies can be
+    non-blocking and overlap compute.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=prefetch_factor if num_workers else None,
+        persistent_workers=False,
+    )

@@ -1,0 +1,245 @@
+"""Whole-slide inference: tissue -> patches -> detection -> merge -> phase classification."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import torch
+
+from .detect import Detections, merge_detections
+from .model_io import Detector, PhaseClassifier
+from .patches import PatchDataset, make_loader, patch_grid
+from .slide_io import Scale, open_slide, slide_mpp
+from .tissue import detect_tissue
+
+ProgressFn = Callable[[str, float], None]
+
+
+@dataclass
+class SlideResult:
+    """Findings (level-0 px) and run statistics of one slide."""
+
+    findings: list[dict[str, Any]]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    """Default progress callback: ignore."""
+
+
+class _Timer:
+    """Accumulates wall time of named sections (synchronising CUDA when timing it)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class _Run:
+    """Settings and instruments shared by the stages of one slide run."""
+
+    device: torch.device
+    batch_size: int
+    num_workers: int
+    amp: bool
+    progress: ProgressFn
+    timer: _Timer
+
+    def loader(self, dataset: PatchDataset) -> torch.utils.data.DataLoader:
+        """A DataLoader with no more workers than there are batches."""
+        workers = min(self.num_workers, -(-len(dataset) // self.batch_size))
+        return make_loader(
+            dataset, batch_size=self.batch_size, num_workers=workers, device=self.device
+        )
+
+    def batches(
+        self, dataset: PatchDataset, stage: str
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (float [0, 1] images on the device, origins), timing waits as
+        ``<stage>_read_wait`` and reporting progress for ``stage``."""
+        loader = self.loader(dataset)
+        iterator = iter(loader)
+        self.progress(stage, 0.0)
+        for i in range(len(loader)):
+            with self.timer.section(f"{stage}_read_wait"):
+                images, origins = next(iterator)
+                images = images.to(self.device, non_blocking=True).float().div_(255)
+            yield images, origins
+            self.progress(stage, (i + 1) / len(loader))
+        dataset.close()
+        self.progress(stage, 1.0)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """float16 autocast on CUDA when enabled, else nothing."""
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+
+def run_slide(
+    slide_path: str | PathLike[str],
+    detector: Detector,
+    classifier: PhaseClassifier | None = None,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 16,
+    num_workers: int = 2,
+    progress: ProgressFn | None = None,
+    mpp_override: float | None = None,
+    score_threshold: float = 0.5,
+    overlap: int = 64,
+    min_tissue: float = 0.02,
+    merge_distance_um: float = 4.0,
+    amp: bool = True,
+) -> SlideResult:
+    """Detect and phase-classify mitotic figures on one slide.
+
+    Patches of ``detector.spec.patch_px`` at its ``target_mpp`` over the tissue are read by
+    ``num_workers`` DataLoader processes while the detector runs (CUDA when available,
+    float16 autocast there when ``amp``). Detections above ``score_threshold`` are mapped
+    to level-0 px, merged across overlapping patches (NMS plus ``merge_distance_um``
+    centre distance), restricted to the detector's finding classes, and classified on
+    crops centred on them. ``progress(stage, fraction)`` is called with stages
+    ``"tissue"``, ``"detect"``, ``"classify"``. Raises MissingMppError when the slide has
+    no µm/px and no ``mpp_override``.
+
+    Each finding is ``{x, y, box: [x0, y0, x1, y1], score, label, phase, phase_probs}``
+    in continuous level-0 px (pixel i spans [i, i + 1)); ``phase`` is None without a
+    classifier. ``stats`` holds patch counts, the device and ``seconds`` per section:
+    ``tissue``, ``detect_read_wait`` (waiting for patches), ``detect_compute``, ``merge``,
+    ``classify`` (with its ``classify_read_wait``) and ``total``.
+    """
+    device = pick_device(device)
+    run = _Run(device, batch_size, num_workers, amp, progress or _no_progress, _Timer(device))
+    start = time.perf_counter()
+    with run.timer.section("tissue"):
+        run.progress("tissue", 0.0)
+        slide = open_slide(slide_path)
+        mpp = slide_mpp(slide, mpp_override)
+        tissue = detect_tissue(slide)
+        dimensions = slide.dimensions
+        slide.close()
+        run.progress("tissue", 1.0)
+    scale = Scale.between(mpp, detector.spec.target_mpp)
+    grid = patch_grid(
+        dimensions,
+        scale,
+        patch_px=detector.spec.patch_px,
+        overlap=overlap,
+        tissue=tissue,
+        min_tissue=min_tissue,
+    )
+    raw = _detect(
+        PatchDataset.from_grid(slide_path, grid), detector.to(device), run, score_threshold
+    )
+    with run.timer.section("merge"):
+        merged = merge_detections(raw, min_distance=merge_distance_um / min(mpp)).to("cpu")
+    findings = merged.select(torch.isin(merged.labels, torch.tensor(detector.spec.finding_labels)))
+    probs = None
+    if classifier is not None:
+        with run.timer.section("classify"):
+            probs = _classify(slide_path, findings, classifier.to(device), mpp, run)
+    run.timer.seconds["total"] = time.perf_counter() - start
+    stats = {
+        "device": str(device),
+        "slide_mpp": list(mpp),
+        "target_mpp": detector.spec.target_mpp,
+        "scale": [scale.x, scale.y],
+        "patches_total": grid.total,
+        "patches_tissue": len(grid),
+        "detections_raw": len(raw),
+        "findings": len(findings),
+        "seconds": run.timer.seconds,
+    }
+    return SlideResult(_finding_dicts(findings, probs, detector, classifier), stats)
+
+
+def _detect(
+    dataset: PatchDataset, detector: Detector, run: _Run, score_threshold: float
+) -> Detections:
+    """Run the detector over all patches; detections in level-0 px, on the run's device."""
+    parts: list[Detections] = [Detections.empty(run.device)]
+    scale = (dataset.scale.x, dataset.scale.y)
+    with torch.inference_mode():
+        for images, origins in run.batches(dataset, "detect"):
+            with run.timer.section("detect_compute"), run.autocast():
+                per_patch = detector(images, score_threshold)
+                parts.extend(
+                    d.shifted(tuple(origin.tolist()), scale)
+                    for d, origin in zip(per_patch, origins, strict=True)
+                )
+    return Detections.cat(parts)
+
+
+def _classify(
+    slide_path: str | PathLike[str],
+    findings: Detections,
+    classifier: PhaseClassifier,
+    mpp: tuple[float, float],
+    run: _Run,
+) -> torch.Tensor:
+    """Phase probabilities ``(K, C)`` for crops centred on each finding."""
+    spec = classifier.spec
+    scale = Scale.between(mpp, spec.target_mpp)
+    half = np.array([spec.patch_px * scale.x / 2, spec.patch_px * scale.y / 2])
+    origins = np.round(findings.centers().numpy() - half).astype(np.int64)
+    dataset = PatchDataset(slide_path, origins, spec.patch_px, scale)
+    chunks = [torch.zeros(0, len(spec.class_names))]
+    with torch.inference_mode():
+        for images, _ in run.batches(dataset, "classify"):
+            with run.autocast():
+                chunks.append(classifier(images).float().cpu())
+    return torch.cat(chunks)
+
+
+def _finding_dicts(
+    findings: Detections,
+    probs: torch.Tensor | None,
+    detector: Detector,
+    classifier: PhaseClassifier | None,
+) -> list[dict[str, Any]]:
+    centres = findings.centers().tolist()
+    boxes = findings.boxes.tolist()
+    scores = findings.scores.tolist()
+    labels = findings.labels.tolist()
+    results = []
+    for i in range(len(findings)):
+        phase, phase_probs = None, {}
+        if probs is not None and classifier is not None:
+            row = probs[i].tolist()
+            phase_probs = dict(zip(classifier.spec.class_names, row, strict=True))
+            phase = classifier.spec.class_names[int(np.argmax(row))]
+        results.append(
+            {
+                "x": centres[i][0],
+                "y": centres[i][1],
+                "box": boxes[i],
+                "score": scores[i],
+                "label": detector.spec.class_names[labels[i]],
+                "phase": phase,
+                "phase_probs": phase_probs,
+            }
+        )
+    return results

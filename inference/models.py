@@ -1,0 +1,138 @@
+"""The machine side: registered model versions, inference runs and their findings."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class ModelVersion(models.Model):
+    class Task(models.TextChoices):
+        DETECTOR = "detector", "Mitotic-figure detector"
+        PHASE_CLASSIFIER = "phase_classifier", "Phase classifier"
+        MIL = "mil", "Attention MIL"
+
+    class Format(models.TextChoices):
+        NATIVE = "native", "MitoLens native (state dict + spec)"
+        TORCHSCRIPT = "torchscript", "TorchScript"
+        YOLO_TORCHSCRIPT = "yolo-torchscript", "YOLOv7-style TorchScript"
+
+    name = models.CharField(max_length=100)
+    version = models.CharField(max_length=40)
+    task = models.CharField(max_length=20, choices=Task.choices)
+    format = models.CharField(max_length=20, choices=Format.choices, default=Format.NATIVE)
+    weights = models.CharField(max_length=500, help_text="Path relative to the model store")
+    sha256 = models.CharField(max_length=64)
+    spec = models.JSONField(
+        default=dict, help_text="Input spec: patch px, target µm/px, mean/std, class names, …"
+    )
+    metrics = models.JSONField(default=dict, blank=True)
+    training_note = models.TextField(blank=True)
+    is_active = models.BooleanField(default=False)
+    registered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["task", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="unique_model_version"),
+            models.UniqueConstraint(
+                fields=["task"], condition=Q(is_active=True), name="one_active_model_per_task"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+    @property
+    def path(self):
+        return settings.MODEL_STORE / self.weights
+
+
+class InferenceRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    slide = models.ForeignKey("cases.Slide", on_delete=models.PROTECT, related_name="runs")
+    detector = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    classifier = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    model_hashes = models.JSONField(default=dict, help_text="sha256 of each model file used")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    stage = models.CharField(max_length=40, blank=True)
+    job_id = models.CharField(max_length=64, blank=True)
+    device = models.CharField(max_length=32, blank=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    counts = models.JSONField(default=dict, blank=True)
+    timings = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["slide", "status", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} on slide {self.slide_id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class Finding(models.Model):
+    class Source(models.TextChoices):
+        AI = "ai", "AI"
+        PATHOLOGIST = "pathologist", "Pathologist"
+
+    class Phase(models.TextChoices):
+        PROPHASE = "prophase", "Prophase"
+        METAPHASE = "metaphase", "Metaphase"
+        ANAPHASE = "anaphase", "Anaphase"
+        TELOPHASE = "telophase", "Telophase"
+        NON_MITOTIC = "non_mitotic", "Non-mitotic look-alike"
+
+    slide = models.ForeignKey("cases.Slide", on_delete=models.PROTECT, related_name="findings")
+    run = models.ForeignKey(
+        InferenceRun, on_delete=models.PROTECT, null=True, blank=True, related_name="findings"
+    )
+    source = models.CharField(max_length=12, choices=Source.choices, default=Source.AI)
+    x = models.FloatField(help_text="Centroid, level-0 px")
+    y = models.FloatField(help_text="Centroid, level-0 px")
+    box_x0 = models.FloatField()
+    box_y0 = models.FloatField()
+    box_x1 = models.FloatField()
+    box_y1 = models.FloatField()
+    score = models.FloatField(null=True, blank=True)
+    phase = models.CharField(max_length=12, choices=Phase.choices)
+    phase_probs = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-score", "id"]
+        indexes = [models.Index(fields=["slide", "run"]), models.Index(fields=["run", "-score"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(source="pathologist", run__isnull=True)
+                | Q(source="ai", run__isnull=False),
+                name="ai_findings_have_a_run",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_source_display()} {self.phase} at ({self.x:.0f}, {self.y:.0f})"

@@ -1,0 +1,54 @@
+"""Run the demo stack in the foreground: Redis (embedded unless REDIS_URL), a worker, the web."""
+
+import signal
+import subprocess
+import sys
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from portal import embedded_redis
+
+DEMO_LOGINS = [
+    ("labadmin", "lab admin (all cases, Django admin)"),
+    ("dr.ross", "pathologist"),
+    ("dr.lee", "pathologist"),
+]
+
+
+class Command(BaseCommand):
+    help = "Start Redis, an RQ worker and the web server; Ctrl-C stops all of them."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--addr", default="127.0.0.1:8000")
+
+    def handle(self, *args, addr, **options):
+        children: list[subprocess.Popen] = []
+        redis_process = None if settings.REDIS_URL else embedded_redis.start()
+        if redis_process:
+            children.append(redis_process)
+        manage = [sys.executable, "manage.py"]
+        children.append(
+            subprocess.Popen(
+                [*manage, "rqworker", "inference", "explain", "default", "--with-scheduler"]
+            )
+        )
+        children.append(subprocess.Popen([*manage, "runserver", addr, "--noreload"]))
+        self.stdout.write(self.style.SUCCESS(f"\nMitoLens is running at http://{addr}/"))
+        for username, role in DEMO_LOGINS:
+            self.stdout.write(f"  {username:<10} password: mitolens-demo   ({role})")
+        self.stdout.write("Press Ctrl-C to stop.\n")
+        try:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            children[-1].wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for child in reversed(children):
+                child.terminate()
+            for child in children:
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+            self.stdout.write("Stopped.")
