@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean-var
+.PHONY: demo test lint install clean-var chromium
 
 install: $(STAMP)
 
@@ -19,8 +19,16 @@ demo: $(STAMP)
 	$(PY) manage.py setup_demo
 	$(PY) manage.py serve_demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The browser tests drive Debian's chromium (never a downloaded browser); install it
+# where we may, otherwise those tests skip with the reason.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 \
+	  || apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
+	  || echo "chromium could not be installed: the browser tests will be skipped"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -84,7 +84,10 @@ class Case(models.Model):
     )
     signed_out_at = models.DateTimeField(null=True, blank=True)
     final_mitotic_count = models.PositiveIntegerField(null=True, blank=True)
-    final_grade = models.CharField(max_length=32, blank=True)
+    final_grade = models.CharField(max_length=64, blank=True)
+    blinded = models.BooleanField(
+        default=False, help_text="Reader study: hide the AI's score and phase until decided"
+    )
 
     objects = CaseQuerySet.as_manager()
 
@@ -193,3 +196,66 @@ def is_lab_admin(user) -> bool:
     if cached is None:
         cached = user._is_lab_admin = user.groups.filter(name="lab_admin").exists()
     return cached
+
+
+class Decision(models.Model):
+    """A pathologist's verdict on a finding. Never edited: a changed mind is a new row,
+    and the latest row per (finding, reviewer) is that reviewer's current decision."""
+
+    class Verdict(models.TextChoices):
+        AGREE = "agree", "Agree"
+        DISAGREE = "disagree", "Disagree"
+        UNCERTAIN = "uncertain", "Uncertain"
+
+    class Reason(models.TextChoices):
+        NONE = "", "—"
+        LOOKALIKE = "lookalike", "Look-alike (apoptosis, pyknosis, lymphocyte)"
+        ARTEFACT = "artefact", "Artefact / out of focus"
+        OUTSIDE_TUMOUR = "outside_tumour", "Outside the tumour"
+        DUPLICATE = "duplicate", "Duplicate of another finding"
+        POOR_QUALITY = "poor_quality", "Image quality too poor to call"
+        OTHER = "other", "Other (see comment)"
+
+    finding = models.ForeignKey(
+        "inference.Finding", on_delete=models.PROTECT, related_name="decisions"
+    )
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="decisions"
+    )
+    verdict = models.CharField(max_length=10, choices=Verdict.choices)
+    corrected_phase = models.CharField(max_length=12, blank=True)
+    reason = models.CharField(max_length=16, choices=Reason.choices, blank=True)
+    comment = models.TextField(blank=True, max_length=2000)
+    blinded = models.BooleanField(default=False, help_text="AI output was hidden when decided")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["finding", "reviewer", "-id"])]
+
+    def __str__(self) -> str:
+        return f"{self.reviewer} {self.verdict} finding {self.finding_id}"
+
+
+class AuditEvent(models.Model):
+    """One line of the append-only audit log, chained to the previous line by hash."""
+
+    created_at = models.DateTimeField(db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True
+    )
+    actor_name = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=40, db_index=True)
+    object_type = models.CharField(max_length=40, blank=True)
+    object_id = models.CharField(max_length=40, blank=True)
+    case = models.ForeignKey(Case, on_delete=models.PROTECT, null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action}"

@@ -80,7 +80,8 @@ def _decode_samples(slide: openslide.OpenSlide) -> None:
         slide.read_region((0, 0), level, size)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -123,7 +124,7 @@ def register_slide(
     try:
         shutil.copyfile(source, temp_path)
         info = inspect_slide(temp_path, original_name)
-        sha256 = _sha256(temp_path)
+        sha256 = file_sha256(temp_path)
         if Slide.objects.filter(case=case, sha256=sha256).exists():
             raise SlideRejected(f"{original_name}: this slide is already registered on {case}")
         relative = Path(sha256[:2]) / f"{sha256}{suffix}"

@@ -13,23 +13,16 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET, require_POST
 
-from . import deepzoom
+from inference import services as inference_services
+from inference.models import Finding
+
+from . import audit, deepzoom, review
 from .forms import QueueFilterForm, SlideUploadForm
-from .models import Case, Slide, is_lab_admin
+from .models import Case, Decision, Slide, is_lab_admin
 from .registration import SlideRejected, register_slide
+from .services import visible_case, visible_slide
 
 TILE_CACHE_SECONDS = 7 * 24 * 3600
-
-
-def visible_case(request, case_id: int) -> Case:
-    """The case if the user may see it; 404 otherwise, so existence does not leak."""
-    return get_object_or_404(Case.objects.visible_to(request.user), pk=case_id)
-
-
-def visible_slide(request, slide_id: int) -> Slide:
-    return get_object_or_404(
-        Slide.objects.visible_to(request.user).select_related("case"), pk=slide_id
-    )
 
 
 @require_GET
@@ -54,6 +47,7 @@ def queue(request):
             Q(accession__icontains=query) | Q(patient__external_ref__icontains=query)
         )
     page = Paginator(cases, 50).get_page(request.GET.get("page"))
+    _attach_review_status(list(page), request.user)
     return render(
         request,
         "cases/queue.html",
@@ -61,17 +55,69 @@ def queue(request):
     )
 
 
+def _attach_review_status(cases: list[Case], user) -> None:
+    """AI progress and findings decided / to review on each case of a queue page, in a
+    fixed number of queries whatever the page holds."""
+    status = inference_services.ai_status_by_case([c.pk for c in cases])
+    runs = [r for s in status.values() for r in s["runs"]]
+    added = dict(
+        Finding.objects.filter(slide__case__in=cases, source=Finding.Source.PATHOLOGIST)
+        .values_list("slide__case_id")
+        .annotate(n=Count("pk"))
+    )
+    decided = dict(
+        Decision.objects.filter(reviewer=user, finding__slide__case__in=cases)
+        .filter(Q(finding__run_id__in=runs) | Q(finding__source=Finding.Source.PATHOLOGIST))
+        .values_list("finding__slide__case_id")
+        .annotate(n=Count("finding", distinct=True))
+    )
+    for case in cases:
+        case.ai_progress = status[case.pk]["progress"]
+        case.to_review = status[case.pk]["to_review"] + added.get(case.pk, 0)
+        case.decided = decided.get(case.pk, 0)
+
+
 @require_GET
 def case_detail(request, case_id: int):
     case = visible_case(request, case_id)
+    runs = inference_services.runs_for_case(case)
+    slides = list(case.slides.all())
+    for slide in slides:
+        slide.run_history = runs.get(slide.pk, [])
+        slide.hpf = _hpf_summary(slide)
     context = {
         "case": case,
-        "slides": case.slides.all(),
+        "slides": slides,
+        "sign_out": _sign_out_defaults(case, slides),
+        "may_review": review.may_review(request.user, case),
         "assigned": case.pathologists.all(),
         "is_admin": is_lab_admin(request.user),
         "upload_form": SlideUploadForm(),
     }
     return render(request, "cases/case_detail.html", context)
+
+
+def _sign_out_defaults(case: Case, slides) -> dict:
+    """Prefill the sign-out form from the highest reviewed count among the case's slides
+    (the AI count where nothing has been reviewed)."""
+    best = None
+    for slide in slides:
+        try:
+            counts = inference_services.reviewed_hpf(slide, review.reviewed_findings(slide))
+        except inference_services.MissingScale:
+            continue
+        slide.reviewed = counts
+        if counts and (best is None or counts["count_per_10_hpf"] > best["count_per_10_hpf"]):
+            best = counts
+    return best or {}
+
+
+def _hpf_summary(slide) -> dict | None:
+    """The slide's HPF summary, or {"error": ...} saying why there is none."""
+    try:
+        return inference_services.slide_hpf(slide)[1]
+    except inference_services.MissingScale as error:
+        return {"error": str(error)}
 
 
 @require_POST
@@ -105,6 +151,7 @@ def upload_slide(request, case_id: int):
 @require_GET
 def viewer(request, slide_id: int):
     slide = visible_slide(request, slide_id)
+    audit.record("slide_view", actor=request.user, obj=slide, case=slide.case, request=request)
     return render(request, "cases/viewer.html", {"slide": slide, "case": slide.case})
 
 

@@ -136,3 +136,97 @@ class Finding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_source_display()} {self.phase} at ({self.x:.0f}, {self.y:.0f})"
+
+
+class HpfMap(models.Model):
+    """Mitotic count per 10 HPF over a slide, from one run: AI findings, or reviewed ones.
+
+    ``counts`` and ``tissue`` are row-major grids of the windows centred on each cell
+    of side ``step_px`` (level-0 px); see inference.engine.hpf.
+    """
+
+    class Basis(models.TextChoices):
+        AI = "ai", "AI findings"
+        REVIEWED = "reviewed", "Reviewed findings"
+
+    run = models.ForeignKey(InferenceRun, on_delete=models.CASCADE, related_name="hpf_maps")
+    basis = models.CharField(max_length=10, choices=Basis.choices)
+    counts = models.JSONField(help_text="Count per 10 HPF of the window centred on each cell")
+    tissue = models.JSONField(help_text="Tissue fraction of each window")
+    step_px = models.FloatField()
+    window_w_px = models.FloatField()
+    window_h_px = models.FloatField()
+    hpf_area_mm2 = models.FloatField()
+    mpp = models.FloatField("µm/px used")
+    min_tissue = models.FloatField()
+    hotspot_x = models.FloatField()
+    hotspot_y = models.FloatField()
+    hotspot_count = models.PositiveIntegerField()
+    tissue_rule_relaxed = models.BooleanField(default=False)
+    findings_counted = models.PositiveIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "basis"], name="one_hpf_map_per_run_and_basis")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_basis_display()} HPF map of run {self.run_id}"
+
+    @property
+    def area_mm2(self) -> float:
+        return 10 * self.hpf_area_mm2
+
+    @property
+    def per_mm2(self) -> float:
+        return self.hotspot_count / self.area_mm2
+
+
+class Explanation(models.Model):
+    """One attribution map of one finding's crop, cached per (finding, method, target,
+    classifier version). The map is float16, row-major, ``height`` x ``width``."""
+
+    finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="explanations")
+    method = models.CharField(max_length=24)
+    target = models.CharField(max_length=12, help_text="The phase class explained")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    parameters = models.JSONField(default=dict)
+    values = models.BinaryField()
+    width = models.PositiveSmallIntegerField()
+    height = models.PositiveSmallIntegerField()
+    value_min = models.FloatField()
+    value_max = models.FloatField()
+    quality = models.JSONField(default=dict, help_text="IG convergence delta, deletion AUC, …")
+    crop_x = models.FloatField(help_text="Crop origin, level-0 px")
+    crop_y = models.FloatField()
+    crop_mpp = models.FloatField()
+    compute_ms = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["finding", "method", "target", "model_version"],
+                name="one_explanation_per_finding_method_target_model",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} of finding {self.finding_id} ({self.target})"
+
+
+class MilMap(models.Model):
+    """Attention-MIL over a run's slide: per 512 µm region a tumour probability, per
+    64 µm patch its attention (1 = a uniform share within its region)."""
+
+    run = models.OneToOneField(InferenceRun, on_delete=models.CASCADE, related_name="mil_map")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    bag_px = models.FloatField(help_text="Region side in level-0 px")
+    probability = models.JSONField(help_text="Tumour probability per region (rows of columns)")
+    attention = models.JSONField(help_text="Attention per patch, 8 x 8 patches per region")
+    on_tissue = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"MIL map of run {self.run_id}"

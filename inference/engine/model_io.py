@@ -30,7 +30,8 @@ class ModelSpec:
     ``patch_px`` is the square read at ``target_mpp`` µm/px (detector patch, classifier
     crop); ``input_px`` the network input it is resized to (default: ``patch_px``).
     Input is RGB in [0, 1], then ``(x - mean) / std``. ``finding_classes`` are the
-    detector classes reported as findings (default: the first class).
+    detector classes reported as findings (default: the first class), and
+    ``score_threshold`` the detector's operating point (chosen on validation slides).
     """
 
     arch: str
@@ -42,6 +43,7 @@ class ModelSpec:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     stride: int = CenterNet.stride
     nms_iou: float = 0.45
+    score_threshold: float = 0.5
     finding_classes: tuple[str, ...] | None = None
 
     @classmethod
@@ -154,9 +156,15 @@ class PhaseClassifier(_Wrapped):
         return torch.softmax(self.module(self._prepare(batch)).float(), dim=1)
 
 
-def save_native(module: nn.Module, spec: ModelSpec, path: str | PathLike[str]) -> None:
-    """Save ``module``'s state_dict with its spec in the ``native`` format."""
-    torch.save({"spec": spec.to_dict(), "state_dict": module.state_dict()}, path)
+def save_native(
+    module: nn.Module, spec: ModelSpec, path: str | PathLike[str], half: bool = False
+) -> None:
+    """Save ``module``'s state_dict with its spec in the ``native`` format; ``half`` stores
+    floating-point tensors as float16 (half the file; loading casts them back)."""
+    state = module.state_dict()
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    torch.save({"spec": spec.to_dict(), "state_dict": state}, path)
 
 
 def _read_native(path: str | PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -215,3 +223,23 @@ def load_classifier(
     network = build_classifier(resolved.arch, len(resolved.class_names))
     network.load_state_dict(state)
     return PhaseClassifier(network, resolved)
+
+
+MIL_DEFAULTS: dict[str, Any] = {
+    "arch": "gated-attention-mil",
+    "class_names": ("non_tumour", "tumour"),
+    "patch_px": 32,
+    "target_mpp": 2.0,
+}
+
+
+def load_mil(path: str | PathLike[str], fmt: str = "native", spec: Mapping[str, Any] | None = None):
+    """Load an attention-MIL model (``native`` only): returns a ``mil.MilModel``."""
+    from .mil import GatedAttentionMIL, MilModel
+
+    _check_format(fmt, ("native",))
+    state, stored = _read_native(path)
+    resolved = _resolve(MIL_DEFAULTS, stored, spec)
+    network = GatedAttentionMIL()
+    network.load_state_dict(state)
+    return MilModel(network.eval(), tuple(resolved.mean), tuple(resolved.std)), resolved

@@ -108,7 +108,7 @@ def run_slide(
     num_workers: int = 2,
     progress: ProgressFn | None = None,
     mpp_override: float | None = None,
-    score_threshold: float = 0.5,
+    score_threshold: float | None = None,
     overlap: int = 64,
     min_tissue: float = 0.02,
     merge_distance_um: float = 4.0,
@@ -118,7 +118,8 @@ def run_slide(
 
     Patches of ``detector.spec.patch_px`` at its ``target_mpp`` over the tissue are read by
     ``num_workers`` DataLoader processes while the detector runs (CUDA when available,
-    float16 autocast there when ``amp``). Detections above ``score_threshold`` are mapped
+    float16 autocast there when ``amp``). Detections above ``score_threshold`` (default:
+    the detector spec's operating point) are mapped
     to level-0 px, merged across overlapping patches (NMS plus ``merge_distance_um``
     centre distance), restricted to the detector's finding classes, and classified on
     crops centred on them. ``progress(stage, fraction)`` is called with stages
@@ -151,6 +152,8 @@ def run_slide(
         tissue=tissue,
         min_tissue=min_tissue,
     )
+    if score_threshold is None:
+        score_threshold = detector.spec.score_threshold
     raw = _detect(
         PatchDataset.from_grid(slide_path, grid), detector.to(device), run, score_threshold
     )

@@ -19,6 +19,12 @@
   });
   window.mitolensViewer = viewer;
 
+  // Our review keys must not also pan, rotate or flip the slide (OpenSeadragon's own keys).
+  const REVIEW_KEYS = new Set(["a", "d", "u", "n", "p", "z", "h", "m", "g", "f", "1", "2", "3", "4"]);
+  viewer.addHandler("canvas-key", (event) => {
+    if (REVIEW_KEYS.has((event.originalEvent.key || "").toLowerCase())) event.preventDefaultAction = true;
+  });
+
   // Scale bar: a round length in µm that is 80–200 screen pixels long.
   const NICE_LENGTHS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000];
   const bar = document.createElement("div");

@@ -17,10 +17,22 @@ DEMO_LOGINS = [
 
 
 class Command(BaseCommand):
-    help = "Start Redis, an RQ worker and the web server; Ctrl-C stops all of them."
+    help = "Start Redis, two RQ workers and the web server; Ctrl-C stops all of them."
 
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1:8000")
+
+    def _queue_missing_runs(self) -> None:
+        """Slides that never had an AI run (the demo's) get one now that Redis is up."""
+        from cases.models import Slide
+        from inference.services import RunRefused, start_run
+
+        for slide in Slide.objects.filter(runs__isnull=True).exclude(mpp_x__isnull=True):
+            try:
+                run = start_run(slide)
+                self.stdout.write(f"Queued AI run {run.pk} on {slide}")
+            except RunRefused as refusal:
+                self.stderr.write(f"No AI run on {slide}: {refusal}")
 
     def handle(self, *args, addr, **options):
         children: list[subprocess.Popen] = []
@@ -28,11 +40,11 @@ class Command(BaseCommand):
         if redis_process:
             children.append(redis_process)
         manage = [sys.executable, "manage.py"]
-        children.append(
-            subprocess.Popen(
-                [*manage, "rqworker", "inference", "explain", "default", "--with-scheduler"]
-            )
-        )
+        # One worker for whole-slide runs, one for explanations, so a pathologist's maps
+        # never wait behind a slide.
+        children.append(subprocess.Popen([*manage, "rqworker", "inference", "--with-scheduler"]))
+        children.append(subprocess.Popen([*manage, "rqworker", "explain", "default"]))
+        self._queue_missing_runs()
         children.append(subprocess.Popen([*manage, "runserver", addr, "--noreload"]))
         self.stdout.write(self.style.SUCCESS(f"\nMitoLens is running at http://{addr}/"))
         for username, role in DEMO_LOGINS:

@@ -12,6 +12,7 @@ from cases.groups import LAB_ADMIN, PATHOLOGIST
 from cases.models import Case, CaseAssignment, Patient
 from cases.registration import register_slide
 from inference.engine.synth import generate_slide
+from inference.registry import register_shipped_models
 
 DEMO_PASSWORD = "mitolens-demo"
 USERS = [
@@ -40,6 +41,7 @@ class Command(BaseCommand):
     help = "Create demo users, cases and synthetic slides (skips what already exists)."
 
     def handle(self, *args, **options):
+        register_shipped_models()
         users = self._users()
         slide_dir = Path(settings.SLIDE_IMPORT_DIRS[0]) / "demo"
         slide_dir.mkdir(parents=True, exist_ok=True)
@@ -61,8 +63,15 @@ class Command(BaseCommand):
                 path = slide_dir / f"{accession}-{seed}.tiff"
                 if not path.exists():
                     self._generate(path, seed, width, height, mpp)
-                register_slide(path, case, path.name, users["labadmin"], label="H&E")
+                with self.settings_override():  # serve_demo queues the runs, with Redis up
+                    register_slide(path, case, path.name, users["labadmin"], label="H&E")
             self.stdout.write(f"Created case {accession}")
+
+    @staticmethod
+    def settings_override():
+        from django.test import override_settings
+
+        return override_settings(AUTO_RUN_INFERENCE=False)
 
     def _users(self) -> dict[str, User]:
         users = {}

@@ -1,0 +1,162 @@
+"""Whole-slide inference speed: end to end vs the model's pure compute vs a naive loop.
+
+    .venv/bin/python benchmarks/inference.py [--size 16000x12000] [--device cpu|cuda]
+
+On one synthetic slide with the shipped models:
+  end to end    run_slide: tissue mask, patches read by DataLoader worker processes while
+                the detector runs, merge, phase classification of each detection.
+  pure compute  the same tissue patches already in memory as tensors, only the detector
+                (and the classifier on the same crops) run: the floor end to end can reach.
+  naive loop    every patch of the grid (no tissue mask) read one at a time, inferred one at
+                a time, no overlap of reading and compute.
+Prints a markdown table row per mode, and the ratio end-to-end / pure compute.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from inference.engine.model_io import load_classifier, load_detector  # noqa: E402
+from inference.engine.patches import PatchDataset, patch_grid  # noqa: E402
+from inference.engine.pipeline import run_slide  # noqa: E402
+from inference.engine.slide_io import Scale, open_slide, read_region, slide_mpp  # noqa: E402
+from inference.engine.synth import generate_slide  # noqa: E402
+from inference.engine.tissue import detect_tissue  # noqa: E402
+
+MODELS = ROOT / "models"
+
+
+def shipped(name: str) -> Path:
+    return next(MODELS.glob(f"{name}-*.pt"))
+
+
+def pure_compute(slide_path, detector, classifier, device, batch_size, crop_origins):
+    """Seconds of detector + classifier compute on patches and crops held in memory."""
+    with open_slide(slide_path) as slide:
+        mpp = slide_mpp(slide)
+        tissue = detect_tissue(slide)
+        scale = Scale.between(mpp, detector.spec.target_mpp)
+        grid = patch_grid(
+            slide.dimensions, scale, patch_px=detector.spec.patch_px, overlap=64, tissue=tissue
+        )
+    dataset = PatchDataset.from_grid(slide_path, grid)
+    patches = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    crops_set = PatchDataset(
+        slide_path,
+        crop_origins,
+        classifier.spec.patch_px,
+        Scale.between(mpp, classifier.spec.target_mpp),
+    )
+    crops = (
+        torch.stack([crops_set[i][0] for i in range(len(crops_set))]) if len(crops_set) else None
+    )
+    detector.to(device)
+    classifier.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(patches), batch_size):
+            detector(patches[i : i + batch_size].to(device).float().div_(255), 0.5)
+        if crops is not None:
+            for i in range(0, len(crops), batch_size):
+                classifier(crops[i : i + batch_size].to(device).float().div_(255))
+    sync()
+    return time.perf_counter() - start, len(patches)
+
+
+def naive(slide_path, detector, device):
+    """Seconds for every grid patch read and inferred one at a time, no tissue mask."""
+    with open_slide(slide_path) as slide:
+        scale = Scale.between(slide_mpp(slide), detector.spec.target_mpp)
+        grid = patch_grid(slide.dimensions, scale, patch_px=detector.spec.patch_px, overlap=64)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for x, y in grid.origins:
+                image = np.asarray(read_region(slide, (x, y), (detector.spec.patch_px,) * 2, scale))
+                tensor = torch.from_numpy(image).permute(2, 0, 1)[None].to(device).float() / 255
+                detector(tensor, 0.5)
+        return time.perf_counter() - start, len(grid)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="16000x12000")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    width, height = (int(v) for v in args.size.split("x"))
+    detector = load_detector(shipped("mitolens-detector"))
+    classifier = load_classifier(shipped("mitolens-phase"))
+    with tempfile.TemporaryDirectory() as tmp:
+        slide_path = Path(tmp) / "bench.tiff"
+        generate_slide(slide_path, seed=4242, size=(width, height), mpp=0.25)
+        run_slide(slide_path, detector, classifier, device=device, num_workers=0)  # warm up
+        start = time.perf_counter()
+        result = run_slide(
+            slide_path,
+            detector,
+            classifier,
+            device=device,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+        )
+        end_to_end = time.perf_counter() - start
+        stats = result.stats
+        half = classifier.spec.patch_px * 0.5
+        origins = np.array(
+            [[round(f["x"] - half), round(f["y"] - half)] for f in result.findings], np.int64
+        ).reshape(-1, 2)
+        compute, n_patches = pure_compute(
+            slide_path, detector, classifier, device, args.batch_size, origins
+        )
+        rows = [
+            ("end to end (run_slide)", end_to_end, stats["patches_tissue"]),
+            ("pure compute, patches in memory", compute, n_patches),
+        ]
+        if not args.skip_naive:
+            seconds, n = naive(slide_path, detector, device)
+            rows.append(("naive loop, no tissue mask", seconds, n))
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        "?",
+    )
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    print(
+        f"Machine: {platform.node()}, {os.cpu_count()} cores, {cpu} {gpu}; torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads; device {device}"
+    )
+    print(
+        f"Date: {datetime.date.today()}; slide {width} x {height} px at 0.25 µm/px; "
+        f"{stats['patches_tissue']} of {stats['patches_total']} patches on tissue; "
+        f"{len(result.findings)} findings; batch {args.batch_size}, {args.workers} readers"
+    )
+    print("\n| mode | patches | seconds | patches/s | slide minutes |")
+    print("|---|---|---|---|---|")
+    for name, seconds, n in rows:
+        print(f"| {name} | {n} | {seconds:.1f} | {n / seconds:.1f} | {seconds / 60:.2f} |")
+    print(
+        f"\nEnd to end / pure compute: {end_to_end / compute:.2f}x "
+        f"(stage seconds: { {k: round(v, 2) for k, v in stats['seconds'].items()} })"
+    )
+
+
+if __name__ == "__main__":
+    main()

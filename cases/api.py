@@ -1,0 +1,271 @@
+"""REST API for the clinical record: cases, slides, decisions, added findings, sign-out
+and the audit export. Object permissions are the pages': querysets hold only what the
+user may see, so anything else is a 404."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.parsers import MultiPartParser
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from inference.models import Finding
+
+from . import audit, review
+from .exports import ExportFilters, csv_lines
+from .models import Case, Decision, Slide, is_lab_admin
+from .registration import SlideRejected, register_slide
+
+
+class SlideSerializer(serializers.ModelSerializer):
+    mpp = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Slide
+        fields = [
+            "id", "case", "original_name", "label", "sha256", "size_bytes", "vendor", "width",
+            "height", "level_count", "mpp_x", "mpp_y", "mpp_override", "mpp", "objective_power",
+            "created_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class CaseSerializer(serializers.ModelSerializer):
+    patient = serializers.CharField(source="patient.external_ref", read_only=True)
+    pathologists = serializers.SlugRelatedField(many=True, read_only=True, slug_field="username")
+    slides = SlideSerializer(many=True, read_only=True)
+    signed_out_by = serializers.SlugRelatedField(read_only=True, slug_field="username")
+
+    class Meta:
+        model = Case
+        fields = [
+            "id", "accession", "patient", "tumour_type", "priority", "status", "blinded",
+            "pathologists", "slides", "created_at", "signed_out_by", "signed_out_at",
+            "final_mitotic_count", "final_grade",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class DecisionSerializer(serializers.ModelSerializer):
+    reviewer = serializers.SlugRelatedField(read_only=True, slug_field="username")
+    verdict = serializers.ChoiceField(Decision.Verdict.choices)
+    corrected_phase = serializers.ChoiceField(
+        [("", "none"), *Finding.Phase.choices], required=False, default=""
+    )
+    reason = serializers.ChoiceField(Decision.Reason.choices, required=False, default="")
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+    class Meta:
+        model = Decision
+        fields = [
+            "id", "finding", "reviewer", "verdict", "corrected_phase", "reason", "comment",
+            "blinded", "created_at",
+        ]  # fmt: skip
+        read_only_fields = ["id", "finding", "reviewer", "blinded", "created_at"]
+
+
+class SignOutSerializer(serializers.Serializer):
+    final_mitotic_count = serializers.IntegerField(min_value=0, max_value=100000)
+    final_grade = serializers.CharField(max_length=64, allow_blank=True, default="")
+
+
+class UploadSerializer(serializers.Serializer):
+    file = serializers.FileField()
+    label = serializers.CharField(max_length=64, required=False, default="")
+
+
+class AddedFindingSerializer(serializers.Serializer):
+    x = serializers.FloatField(min_value=0)
+    y = serializers.FloatField(min_value=0)
+    phase = serializers.ChoiceField([p for p in review.MITOTIC_PHASES])
+
+
+def raise_refusal(refusal: review.ReviewRefused):
+    if refusal.status == 403:
+        raise PermissionDenied(str(refusal))
+    if refusal.status == 409:
+        raise Conflict(str(refusal))
+    raise ValidationError({"detail": str(refusal)})
+
+
+class Conflict(serializers.ValidationError):
+    status_code = status.HTTP_409_CONFLICT
+
+
+class CaseViewSet(viewsets.ReadOnlyModelViewSet):
+    """Cases the user may see; filter with ``status`` and ``accession`` (contains)."""
+
+    serializer_class = CaseSerializer
+
+    def get_queryset(self):
+        cases = (
+            Case.objects.visible_to(self.request.user)
+            .select_related("patient", "signed_out_by")
+            .prefetch_related("pathologists", "slides")
+            .order_by("priority", "created_at")
+        )
+        if status_filter := self.request.query_params.get("status"):
+            cases = cases.filter(status=status_filter)
+        if accession := self.request.query_params.get("accession"):
+            cases = cases.filter(accession__icontains=accession)
+        return cases
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, enum=Case.Status.values),
+            OpenApiParameter("accession", str, description="part of the accession"),
+        ]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=UploadSerializer, responses={201: SlideSerializer})
+    @action(detail=True, methods=["post"], parser_classes=[MultiPartParser])
+    def slides(self, request, pk=None):
+        """Upload and register a slide (lab admins); refused files store nothing."""
+        if not is_lab_admin(request.user):
+            raise PermissionDenied("Only lab admins can register slides.")
+        case = self.get_object()
+        upload = UploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        file = upload.validated_data["file"]
+        try:
+            slide = register_slide(
+                Path(file.temporary_file_path()),
+                case,
+                file.name,
+                request.user,
+                upload.validated_data["label"],
+            )
+        except SlideRejected as rejection:
+            raise ValidationError({"file": str(rejection)}) from None
+        return Response(SlideSerializer(slide).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=SignOutSerializer, responses={200: CaseSerializer})
+    @action(detail=True, methods=["post"], url_path="sign-out")
+    def sign_out(self, request, pk=None):
+        """Sign the case out with the final count and grade (assigned pathologists)."""
+        case = self.get_object()
+        body = SignOutSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            review.sign_out(
+                case,
+                request.user,
+                body.validated_data["final_mitotic_count"],
+                body.validated_data["final_grade"],
+                request=request,
+            )
+        except review.ReviewRefused as refusal:
+            raise_refusal(refusal)
+        return Response(CaseSerializer(self.get_object()).data)
+
+
+class SlideViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = SlideSerializer
+
+    def get_queryset(self):
+        return Slide.objects.visible_to(self.request.user).order_by("pk")
+
+    @extend_schema(request=AddedFindingSerializer, responses={201: None})
+    @action(detail=True, methods=["post"], url_path="added-findings")
+    def added_findings(self, request, pk=None):
+        """Add a mitosis the AI missed (assigned pathologists), level-0 px."""
+        slide = self.get_object()
+        body = AddedFindingSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            finding = review.add_finding(
+                slide, request.user, **body.validated_data, request=request
+            )
+        except review.ReviewRefused as refusal:
+            raise_refusal(refusal)
+        return Response(
+            {"id": finding.pk, "x": finding.x, "y": finding.y, "phase": finding.phase},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class DecisionViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
+    """Decisions on one finding: list them (oldest first) or record a new one."""
+
+    serializer_class = DecisionSerializer
+
+    def finding(self) -> Finding:
+        return get_object_or_404(
+            Finding.objects.filter(
+                slide__case__in=Case.objects.visible_to(self.request.user)
+            ).select_related("slide__case"),
+            pk=self.kwargs["finding_pk"],
+        )
+
+    def get_queryset(self):
+        finding = self.finding()
+        decisions = finding.decisions.select_related("reviewer").order_by("id")
+        if finding.slide.case.blinded and not is_lab_admin(self.request.user):
+            decisions = decisions.filter(reviewer=self.request.user)
+        return decisions
+
+    def create(self, request, *args, **kwargs):
+        finding = self.finding()
+        body = self.get_serializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            decision = review.decide(finding, request.user, **body.validated_data, request=request)
+        except review.ReviewRefused as refusal:
+            raise_refusal(refusal)
+        return Response(self.get_serializer(decision).data, status=status.HTTP_201_CREATED)
+
+
+class AuditExportView(APIView):
+    """The decision report as CSV (lab admins), with the export page's filters."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("date_from", str, description="YYYY-MM-DD"),
+            OpenApiParameter("date_to", str, description="YYYY-MM-DD"),
+            OpenApiParameter("case", str, description="accession"),
+            OpenApiParameter("pathologist", str, description="username"),
+            OpenApiParameter("model_version", int),
+        ],
+        responses={(200, "text/csv"): str},
+    )
+    def get(self, request):
+        if not is_lab_admin(request.user):
+            raise PermissionDenied("Only lab admins can export the audit report.")
+        filters = _export_filters(request.query_params)
+        audit.record(
+            "audit_export",
+            actor=request.user,
+            request=request,
+            details={**filters.as_dict(), "via": "api"},
+        )
+        return StreamingHttpResponse(csv_lines(filters), content_type="text/csv; charset=utf-8")
+
+
+def _export_filters(params) -> ExportFilters:
+    from datetime import date
+
+    try:
+        dates = {
+            k: date.fromisoformat(params[k]) for k in ("date_from", "date_to") if params.get(k)
+        }
+        model_version = int(params["model_version"]) if params.get("model_version") else None
+    except ValueError as error:
+        raise ValidationError({"detail": f"bad filter: {error}"}) from None
+    return ExportFilters(
+        case=params.get("case", ""),
+        pathologist=params.get("pathologist", ""),
+        model_version=model_version,
+        **dates,
+    )

@@ -1,0 +1,212 @@
+"""Review: decisions on findings, findings the AI missed, sign-out and reopening.
+
+Every change here is recorded in the audit log in the same transaction.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import Max, QuerySet
+from django.utils import timezone
+
+from inference import services as ai
+from inference.models import Finding
+
+from . import audit
+from .models import Case, CaseAssignment, Decision, Slide
+
+MITOTIC_PHASES = ("prophase", "metaphase", "anaphase", "telophase")
+ADDED_FINDING_RADIUS_UM = 5.0
+
+
+class ReviewRefused(Exception):
+    """A review action that is not allowed; the message says why, ``status`` is the HTTP
+    status that fits (400 bad input, 403 not allowed, 409 the case is signed out)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def may_review(user, case: Case) -> bool:
+    """Only pathologists assigned to the case decide on its findings."""
+    return CaseAssignment.objects.filter(case=case, pathologist=user).exists()
+
+
+def current_decisions(findings: QuerySet, reviewer=None) -> QuerySet:
+    """The latest decision per (finding, reviewer) on ``findings`` (of one reviewer if given)."""
+    decisions = Decision.objects.filter(finding__in=findings)
+    if reviewer is not None:
+        decisions = decisions.filter(reviewer=reviewer)
+    latest = decisions.values("finding", "reviewer").annotate(last=Max("id")).values("last")
+    return Decision.objects.filter(pk__in=latest)
+
+
+def _locked_open_case(case_id: int) -> Case:
+    case = Case.objects.select_for_update().get(pk=case_id)
+    if case.status == Case.Status.SIGNED_OUT:
+        raise ReviewRefused(f"Case {case.accession} is signed out; it is read-only.", 409)
+    return case
+
+
+def _start_review(case: Case) -> None:
+    if case.status in (Case.Status.AWAITING_REVIEW, Case.Status.REGISTERED):
+        Case.objects.filter(pk=case.pk).update(status=Case.Status.IN_REVIEW)
+
+
+def decide(
+    finding: Finding,
+    reviewer,
+    verdict: str,
+    *,
+    corrected_phase: str = "",
+    reason: str = "",
+    comment: str = "",
+    request=None,
+) -> Decision:
+    """Record a reviewer's decision on a finding (a new row; earlier ones stay)."""
+    if verdict not in Decision.Verdict.values:
+        raise ReviewRefused(f"Unknown verdict {verdict!r}: agree, disagree or uncertain.")
+    if corrected_phase and corrected_phase not in Finding.Phase.values:
+        raise ReviewRefused(f"Unknown phase {corrected_phase!r}.")
+    if reason not in Decision.Reason.values:
+        raise ReviewRefused(f"Unknown reason {reason!r}.")
+    if corrected_phase == finding.phase:
+        corrected_phase = ""
+    with transaction.atomic():
+        case = _locked_open_case(finding.slide.case_id)
+        if not may_review(reviewer, case):
+            raise ReviewRefused("Only pathologists assigned to this case can decide on it.", 403)
+        decision = Decision.objects.create(
+            finding=finding,
+            reviewer=reviewer,
+            verdict=verdict,
+            corrected_phase=corrected_phase,
+            reason=reason,
+            comment=comment.strip()[:2000],
+            blinded=case.blinded,
+        )
+        _start_review(case)
+        audit.record(
+            "decision",
+            actor=reviewer,
+            obj=decision,
+            case=case,
+            request=request,
+            details={
+                "finding": finding.pk,
+                "run": finding.run_id,
+                "verdict": verdict,
+                "corrected_phase": corrected_phase,
+                "reason": reason,
+                "ai_phase": finding.phase,
+                "ai_score": finding.score,
+            },
+        )
+    return decision
+
+
+def add_finding(slide: Slide, user, x: float, y: float, phase: str, request=None) -> Finding:
+    """A mitosis the AI missed, added by a pathologist at level-0 (x, y)."""
+    if phase not in MITOTIC_PHASES:
+        raise ReviewRefused(f"An added mitosis needs a phase: one of {', '.join(MITOTIC_PHASES)}.")
+    if not (0 <= x < slide.width and 0 <= y < slide.height):
+        raise ReviewRefused("That point is outside the slide.")
+    half = ADDED_FINDING_RADIUS_UM / (slide.mpp or 0.25)
+    with transaction.atomic():
+        case = _locked_open_case(slide.case_id)
+        if not may_review(user, case):
+            raise ReviewRefused("Only pathologists assigned to this case can add findings.", 403)
+        finding = Finding.objects.create(
+            slide=slide,
+            source=Finding.Source.PATHOLOGIST,
+            x=x,
+            y=y,
+            box_x0=x - half,
+            box_y0=y - half,
+            box_x1=x + half,
+            box_y1=y + half,
+            phase=phase,
+            created_by=user,
+        )
+        _start_review(case)
+        audit.record(
+            "finding_added",
+            actor=user,
+            obj=finding,
+            case=case,
+            request=request,
+            details={"slide": slide.pk, "x": round(x, 1), "y": round(y, 1), "phase": phase},
+        )
+    return finding
+
+
+def reviewed_findings(slide: Slide) -> QuerySet:
+    """Findings the reviewed count includes: AI findings of the latest run whose latest
+    decision (by anyone) is agree, plus pathologist-added ones nobody disagreed with."""
+    run, findings = ai.slide_findings(slide)
+    latest = current_decisions(findings).order_by("finding", "-id")
+    verdicts: dict[int, str] = {}
+    for finding_id, verdict in latest.values_list("finding", "verdict"):
+        verdicts.setdefault(finding_id, verdict)
+    agreed = [f for f, v in verdicts.items() if v == Decision.Verdict.AGREE]
+    disagreed = [f for f, v in verdicts.items() if v == Decision.Verdict.DISAGREE]
+    added = findings.filter(source=Finding.Source.PATHOLOGIST).exclude(pk__in=disagreed)
+    return findings.filter(pk__in=agreed) | added
+
+
+def review_progress(slide: Slide, reviewer) -> dict[str, int]:
+    """How many of the findings to review (counted AI findings and added ones) the reviewer
+    has decided."""
+    to_review = ai.findings_to_review(slide)
+    decided = current_decisions(to_review, reviewer).count()
+    return {"decided": decided, "total": to_review.count()}
+
+
+def sign_out(case: Case, user, final_count: int, final_grade: str, request=None) -> None:
+    """Sign the case out with its final count and grade; it becomes read-only."""
+    if final_count < 0:
+        raise ReviewRefused("The final mitotic count cannot be negative.")
+    with transaction.atomic():
+        locked = _locked_open_case(case.pk)
+        if not may_review(user, locked):
+            raise ReviewRefused("Only a pathologist assigned to this case can sign it out.", 403)
+        locked.status = Case.Status.SIGNED_OUT
+        locked.signed_out_by, locked.signed_out_at = user, timezone.now()
+        locked.final_mitotic_count, locked.final_grade = final_count, final_grade[:64]
+        locked.save()
+        audit.record(
+            "sign_out",
+            actor=user,
+            obj=locked,
+            case=locked,
+            request=request,
+            details={"final_mitotic_count": final_count, "final_grade": final_grade},
+        )
+
+
+def reopen(case: Case, admin, reason: str, request=None) -> None:
+    """An admin reopens a signed-out case for review, with a reason on record."""
+    if not reason.strip():
+        raise ReviewRefused("Give a reason for reopening the case.")
+    with transaction.atomic():
+        locked = Case.objects.select_for_update().get(pk=case.pk)
+        if locked.status != Case.Status.SIGNED_OUT:
+            raise ReviewRefused(f"Case {locked.accession} is not signed out.")
+        previous = {
+            "final_mitotic_count": locked.final_mitotic_count,
+            "final_grade": locked.final_grade,
+            "signed_out_by": locked.signed_out_by.get_username() if locked.signed_out_by else "",
+        }
+        locked.status = Case.Status.IN_REVIEW
+        locked.signed_out_by = locked.signed_out_at = locked.final_mitotic_count = None
+        locked.final_grade = ""
+        locked.save()
+        audit.record(
+            "reopen",
+            actor=admin,
+            obj=locked,
+            case=locked,
+            request=request,
+            details={"reason": reason.strip(), **previous},
+        )

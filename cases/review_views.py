@@ -1,0 +1,190 @@
+"""Review endpoints for the viewer (JSON) and the case page (forms)."""
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.views.decorators.http import require_GET, require_POST
+
+from inference import services as ai
+from inference.models import Finding
+
+from . import audit, review
+from .exports import findings_geojson
+from .models import Decision, is_lab_admin
+from .services import blinded_for, visible_case, visible_cases, visible_slide
+
+
+def _visible_finding(request, finding_id: int) -> Finding:
+    return get_object_or_404(
+        Finding.objects.filter(slide__case__in=visible_cases(request.user)).select_related(
+            "slide__case"
+        ),
+        pk=finding_id,
+    )
+
+
+def _refusal(message: str, status: int = 400) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def _reviewed_count(slide) -> dict | None:
+    try:
+        return ai.reviewed_hpf(slide, review.reviewed_findings(slide))
+    except ai.MissingScale as error:
+        return {"error": str(error)}
+
+
+def _decision_json(decision: Decision) -> dict:
+    return {
+        "id": decision.pk,
+        "finding": decision.finding_id,
+        "reviewer": decision.reviewer.get_username(),
+        "verdict": decision.verdict,
+        "corrected_phase": decision.corrected_phase,
+        "reason": decision.reason,
+        "comment": decision.comment,
+        "blinded": decision.blinded,
+        "created_at": decision.created_at.isoformat(),
+    }
+
+
+@require_GET
+def review_state(request, slide_id: int):
+    """What the viewer needs to review a slide: this user's current decisions, progress,
+    whether they may decide, and the reviewed count."""
+    slide = visible_slide(request, slide_id)
+    case = slide.case
+    _, findings = ai.slide_findings(slide)
+    mine = review.current_decisions(findings, request.user).select_related("reviewer")
+    return JsonResponse(
+        {
+            "can_decide": review.may_review(request.user, case)
+            and case.status != case.Status.SIGNED_OUT,
+            "signed_out": case.status == case.Status.SIGNED_OUT,
+            "blinded": blinded_for(request.user, case),
+            "progress": review.review_progress(slide, request.user),
+            "decisions": {d.finding_id: _decision_json(d) for d in mine},
+            "reasons": [{"value": v, "label": str(label)} for v, label in Decision.Reason.choices],
+            "reviewed": _reviewed_count(slide),
+        }
+    )
+
+
+@require_POST
+def decide(request, finding_id: int):
+    """Record a decision (form fields verdict, corrected_phase, reason, comment)."""
+    finding = _visible_finding(request, finding_id)
+    try:
+        decision = review.decide(
+            finding,
+            request.user,
+            request.POST.get("verdict", ""),
+            corrected_phase=request.POST.get("corrected_phase", ""),
+            reason=request.POST.get("reason", ""),
+            comment=request.POST.get("comment", ""),
+            request=request,
+        )
+    except review.ReviewRefused as refusal:
+        return _refusal(str(refusal), refusal.status)
+    return JsonResponse(
+        {
+            "decision": _decision_json(decision),
+            "progress": review.review_progress(finding.slide, request.user),
+            "reviewed": _reviewed_count(finding.slide),
+        }
+    )
+
+
+@require_GET
+def decision_history(request, finding_id: int):
+    """Every decision on a finding, oldest first (blinded readers see only their own)."""
+    finding = _visible_finding(request, finding_id)
+    decisions = finding.decisions.select_related("reviewer").order_by("id")
+    if blinded_for(request.user, finding.slide.case):
+        decisions = decisions.filter(reviewer=request.user)
+    return JsonResponse({"decisions": [_decision_json(d) for d in decisions]})
+
+
+@require_POST
+def add_finding(request, slide_id: int):
+    """Add a mitosis the AI missed at level-0 (x, y) with its phase."""
+    slide = visible_slide(request, slide_id)
+    try:
+        x, y = float(request.POST["x"]), float(request.POST["y"])
+    except (KeyError, ValueError):
+        return _refusal("Give the position as numbers x and y (level-0 pixels).")
+    try:
+        finding = review.add_finding(
+            slide, request.user, x, y, request.POST.get("phase", ""), request=request
+        )
+    except review.ReviewRefused as refusal:
+        return _refusal(str(refusal), refusal.status)
+    return JsonResponse(
+        {
+            "finding": {"id": finding.pk, "x": finding.x, "y": finding.y, "phase": finding.phase},
+            "progress": review.review_progress(slide, request.user),
+            "reviewed": _reviewed_count(slide),
+        },
+        status=201,
+    )
+
+
+@require_POST
+def sign_out(request, case_id: int):
+    case = visible_case(request, case_id)
+    if request.POST.get("confirm") != "yes":
+        messages.error(request, "Tick the confirmation to sign the case out.")
+        return redirect(case)
+    try:
+        count = int(request.POST.get("final_mitotic_count", ""))
+        review.sign_out(
+            case, request.user, count, request.POST.get("final_grade", ""), request=request
+        )
+    except ValueError:
+        messages.error(request, "The final mitotic count must be a whole number.")
+    except review.ReviewRefused as refusal:
+        messages.error(request, str(refusal))
+    else:
+        messages.success(request, f"Case {case.accession} signed out.")
+    return redirect(case)
+
+
+@require_POST
+def reopen(request, case_id: int):
+    if not is_lab_admin(request.user):
+        raise PermissionDenied("Only lab admins can reopen a signed-out case.")
+    case = visible_case(request, case_id)
+    try:
+        review.reopen(case, request.user, request.POST.get("reason", ""), request=request)
+    except review.ReviewRefused as refusal:
+        messages.error(request, str(refusal))
+    else:
+        messages.success(request, f"Case {case.accession} reopened.")
+    return redirect(case)
+
+
+@require_GET
+def slide_geojson(request, slide_id: int):
+    """The slide's findings with their decisions as GeoJSON that QuPath imports."""
+    slide = visible_slide(request, slide_id)
+    _, findings = ai.slide_findings(slide)
+    findings = list(findings.order_by("pk"))
+    decisions = Decision.objects.filter(finding__in=findings).select_related("reviewer")
+    if blinded_for(request.user, slide.case):
+        decisions = decisions.filter(reviewer=request.user)
+    by_finding: dict[int, list[Decision]] = {}
+    for decision in decisions.order_by("id"):
+        by_finding.setdefault(decision.finding_id, []).append(decision)
+    audit.record(
+        "findings_export",
+        actor=request.user,
+        obj=slide,
+        case=slide.case,
+        request=request,
+        details={"format": "geojson", "findings": len(findings)},
+    )
+    response = JsonResponse(findings_geojson(findings, by_finding))
+    name = slide.original_name.rsplit(".", 1)[0]
+    response["Content-Disposition"] = f'attachment; filename="{name}-findings.geojson"'
+    return response

@@ -1,0 +1,372 @@
+"""Why the phase classifier said what it said: Captum attribution maps for one crop.
+
+Five methods (Saliency, Integrated Gradients, Occlusion, GradientSHAP, Grad-CAM) on the
+crop at its own size: the model wrapper resizes and normalises inside ``forward``, so
+every map has the crop's shape. Work is batched (IG steps, occlusion windows and
+GradientSHAP samples go through the network many at a time). Each map comes with a
+deletion AUC (how fast the class probability falls as its most-attributed pixels are
+replaced by a blurred copy; lower is more faithful) beside the same curve for a random
+order, and IG with its convergence delta.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from captum.attr import (
+    GradientShap,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    Occlusion,
+    Saliency,
+)
+from torch import Tensor, nn
+
+METHODS = ("saliency", "integrated_gradients", "occlusion", "gradient_shap", "grad_cam")
+SIGNED = {"integrated_gradients", "occlusion", "gradient_shap"}  # maps with negative evidence
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """Method settings; recorded with every map."""
+
+    ig_steps: int = 32
+    ig_internal_batch: int | None = 64
+    occlusion_window: int = 16
+    occlusion_stride: int = 8
+    occlusion_per_eval: int | None = 256
+    shap_samples: int = 32
+    shap_chunk: int | None = 16
+    shap_stdev: float = 0.05
+    blur_sigma: float = 4.0
+    deletion_steps: int = 16
+    seed: int = 0
+
+    @classmethod
+    def captum_defaults(cls) -> AttributionSettings:
+        """The same settings computed the plain way: IG one step per pass, occlusion one
+        perturbation per pass, GradientSHAP all samples at once (for the benchmark)."""
+        return cls(ig_internal_batch=1, occlusion_per_eval=1, shap_chunk=None)
+
+
+@dataclass
+class MethodMap:
+    """One method's map (H, W float32, the crop's size) and what it cost and showed."""
+
+    method: str
+    values: np.ndarray
+    ms: float
+    quality: dict[str, float] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class CropClassifier(nn.Module):
+    """[0, 1] RGB crops at any size -> logits: resize to the network input, normalise."""
+
+    def __init__(
+        self, module: nn.Module, input_px: int, mean: Sequence[float], std: Sequence[float]
+    ):
+        super().__init__()
+        self.module = module
+        self.input_px = input_px
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.input_px:
+            x = F.interpolate(
+                x, size=(self.input_px, self.input_px), mode="bilinear", align_corners=False
+            )
+        return self.module((x - self.mean) / self.std)
+
+
+GRAD_CAM_MIN_SIDE = 7  # a ResNet-50's layer4 at 224 px
+
+
+def last_conv_block(module: nn.Module, input_px: int) -> tuple[str, nn.Module]:
+    """The layer Grad-CAM explains: a ResNet's last block whose output is at least 7 x 7
+    at the network's input size (layer4 of a 224 px ResNet-50; layer2 of the shipped
+    64 px ResNet-10, whose layer4 is 2 x 2 and cannot point at a figure), else the last
+    Conv2d."""
+    if hasattr(module, "layer4"):
+        for name, stride in (("layer4", 32), ("layer3", 16), ("layer2", 8)):
+            if input_px // stride >= GRAD_CAM_MIN_SIDE:
+                return name, getattr(module, name)
+        return "layer1", module.layer1
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("the classifier has no convolutional layer for Grad-CAM")
+    return "last conv", convs[-1]
+
+
+def blurred(image: Tensor, sigma: float) -> Tensor:
+    """A Gaussian-blurred copy (the 'information removed' baseline)."""
+    radius = max(1, int(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(image.device)
+    c = image.shape[1]
+    padded = F.pad(image, (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _timed(function: Callable[[], Tensor | tuple]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = function()
+    return result, (time.perf_counter() - start) * 1000
+
+
+def _reduce(attribution: Tensor, absolute: bool = False) -> np.ndarray:
+    """(1, C, H, W) -> (H, W): summed over colour channels (or the max of |.|)."""
+    a = attribution.detach()[0]
+    a = a.abs().amax(0) if absolute else a.sum(0)
+    return a.float().cpu().numpy()
+
+
+def deletion_curves(
+    model: nn.Module,
+    image: Tensor,
+    baseline: Tensor,
+    maps: dict[str, np.ndarray],
+    target: int,
+    steps: int,
+    seed: int,
+) -> dict[str, float]:
+    """Deletion AUC of each map and of a random order, in one batched pass.
+
+    Pixels are replaced by the baseline in order of decreasing attribution, in ``steps``
+    equal parts; the AUC is the mean class probability along the way (0-1)."""
+    h, w = image.shape[-2:]
+    rng = np.random.default_rng(seed)
+    orders = {name: np.argsort(-m.ravel(), kind="stable") for name, m in maps.items()}
+    orders["random"] = rng.permutation(h * w)
+    batches = []
+    for order in orders.values():
+        rank = np.empty(h * w, np.int64)
+        rank[order] = np.arange(h * w)
+        cut = torch.from_numpy(rank.reshape(1, 1, h, w)).to(image.device)
+        thresholds = torch.linspace(0, h * w, steps + 1, device=image.device).view(-1, 1, 1, 1)
+        removed = (cut < thresholds).to(image.dtype)
+        batches.append(image * (1 - removed) + baseline * removed)
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.cat(batches)).float(), 1)[:, target]
+    curves = probs.view(len(orders), steps + 1).cpu().numpy()
+    aucs = np.trapezoid(curves, dx=1 / steps, axis=1)
+    return {name: float(auc) for name, auc in zip(orders, aucs, strict=True)}
+
+
+def explain_crop(
+    model: CropClassifier,
+    crop: np.ndarray,
+    methods: Sequence[str] = METHODS,
+    target: int | None = None,
+    settings: AttributionSettings = AttributionSettings(),
+) -> tuple[int, np.ndarray, list[MethodMap]]:
+    """Attribution maps of ``model`` for one RGB uint8 crop (H, W, 3).
+
+    Returns (target class, class probabilities, one MethodMap per method). ``target``
+    defaults to the predicted class.
+    """
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown attribution method(s) {sorted(unknown)}; one of {METHODS}")
+    model = model.eval()
+    device = model.mean.device
+    image = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float()
+    image = image.div(255).to(device)
+    with torch.no_grad():
+        probs = torch.softmax(model(image).float(), 1)[0].cpu().numpy()
+    target = int(np.argmax(probs)) if target is None else int(target)
+    if not 0 <= target < len(probs):
+        raise ValueError(f"target class {target} is not one of the model's {len(probs)} classes")
+    blur = blurred(image, settings.blur_sigma)
+    torch.manual_seed(settings.seed)
+    results = [_METHOD_FUNCTIONS[m](model, image, blur, target, settings) for m in methods]
+    aucs = deletion_curves(
+        model,
+        image,
+        blur,
+        {r.method: r.values for r in results},
+        target,
+        settings.deletion_steps,
+        settings.seed,
+    )
+    for r in results:
+        r.quality["deletion_auc"] = round(aucs[r.method], 4)
+        r.quality["random_deletion_auc"] = round(aucs["random"], 4)
+    return target, probs, results
+
+
+def _saliency(model, image, blur, target, s: AttributionSettings) -> MethodMap:
+    attribution, ms = _timed(
+        lambda: Saliency(model).attribute(image.clone(), target=target, abs=True)
+    )
+    return MethodMap("saliency", _reduce(attribution, absolute=True), ms, {}, {"abs": True})
+
+
+def _integrated_gradients(model, image, blur, target, s: AttributionSettings) -> MethodMap:
+    ig = IntegratedGradients(model)
+    baselines = {"black": torch.zeros_like(image), "blurred": blur}
+
+    def run():
+        return [
+            ig.attribute(
+                image,
+                baselines=b,
+                target=target,
+                n_steps=s.ig_steps,
+                internal_batch_size=s.ig_internal_batch,
+                return_convergence_delta=True,
+            )
+            for b in baselines.values()
+        ]
+
+    outputs, ms = _timed(run)
+    values = np.mean([_reduce(a) for a, _ in outputs], axis=0)
+    with torch.no_grad():  # the score difference IG distributes, to put the delta in scale
+        logits = model(torch.cat([image, *baselines.values()]))[:, target]
+    deltas = {}
+    for i, (name, (_, d)) in enumerate(zip(baselines, outputs, strict=True)):
+        gap = float((logits[0] - logits[i + 1]).abs())
+        deltas[f"convergence_delta_{name}"] = round(float(d.abs().item()), 5)
+        deltas[f"relative_delta_{name}"] = round(float(d.abs().item()) / max(gap, 1e-6), 5)
+    parameters = {
+        "n_steps": s.ig_steps,
+        "baselines": list(baselines),
+        "internal_batch_size": s.ig_internal_batch,
+        "blur_sigma": s.blur_sigma,
+    }
+    return MethodMap("integrated_gradients", values, ms, deltas, parameters)
+
+
+def _occlusion(model, image, blur, target, s: AttributionSettings) -> MethodMap:
+    window, stride = s.occlusion_window, s.occlusion_stride
+    attribution, ms = _timed(
+        lambda: Occlusion(model).attribute(
+            image,
+            sliding_window_shapes=(3, window, window),
+            strides=(3, stride, stride),
+            baselines=blur,
+            target=target,
+            perturbations_per_eval=s.occlusion_per_eval or 1,
+        )
+    )
+    parameters = {
+        "window": window,
+        "stride": stride,
+        "baseline": "blurred",
+        "perturbations_per_eval": s.occlusion_per_eval,
+    }
+    return MethodMap("occlusion", _reduce(attribution), ms, {}, parameters)
+
+
+def _gradient_shap(model, image, blur, target, s: AttributionSettings) -> MethodMap:
+    distribution = torch.cat(
+        [torch.zeros_like(image), torch.ones_like(image), blur, blur * 0.5 + 0.25]
+    )
+    chunk = s.shap_chunk or s.shap_samples
+    shap = GradientShap(model)
+
+    def run():
+        parts = []
+        for start in range(0, s.shap_samples, chunk):
+            n = min(chunk, s.shap_samples - start)
+            parts.append(
+                shap.attribute(
+                    image, baselines=distribution, n_samples=n, stdevs=s.shap_stdev, target=target
+                )
+                * n
+            )
+        return torch.stack(parts).sum(0) / s.shap_samples
+
+    attribution, ms = _timed(run)
+    parameters = {
+        "n_samples": s.shap_samples,
+        "stdevs": s.shap_stdev,
+        "chunk": s.shap_chunk,
+        "baselines": ["black", "white", "blurred", "blurred grey"],
+    }
+    return MethodMap("gradient_shap", _reduce(attribution), ms, {}, parameters)
+
+
+def _grad_cam(model, image, blur, target, s: AttributionSettings) -> MethodMap:
+    name, layer = last_conv_block(model.module, model.input_px)
+
+    def run():
+        cam = LayerGradCam(model, layer).attribute(image, target=target, relu_attributions=True)
+        return LayerAttribution.interpolate(cam, tuple(image.shape[-2:]), "bilinear")
+
+    attribution, ms = _timed(run)
+    parameters = {
+        "layer": name,
+        "relu_attributions": True,
+        "upsampled": "bilinear",
+    }
+    return MethodMap("grad_cam", _reduce(attribution), ms, {}, parameters)
+
+
+_METHOD_FUNCTIONS = {
+    "saliency": _saliency,
+    "integrated_gradients": _integrated_gradients,
+    "occlusion": _occlusion,
+    "gradient_shap": _gradient_shap,
+    "grad_cam": _grad_cam,
+}
+
+
+def settings_dict(settings: AttributionSettings) -> dict[str, Any]:
+    return asdict(settings)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps' absolute values."""
+    ranks = [np.argsort(np.argsort(np.abs(m).ravel())).astype(np.float64) for m in (a, b)]
+    ra, rb = (r - r.mean() for r in ranks)
+    denominator = np.sqrt((ra**2).sum() * (rb**2).sum())
+    return float((ra * rb).sum() / denominator) if denominator else 0.0
+
+
+def randomised_copy(model: CropClassifier, seed: int = 0) -> CropClassifier:
+    """The same architecture with every weight re-drawn (Adebayo et al.'s cascade, taken to
+    its end): a map that survives this does not depend on what the model learned."""
+    import copy
+
+    torch.manual_seed(seed)
+    clone = copy.deepcopy(model)
+    for module in clone.module.modules():
+        if hasattr(module, "reset_parameters") and module is not clone.module:
+            module.reset_parameters()
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+    return clone.eval()
+
+
+def randomisation_check(
+    model: CropClassifier,
+    crops: Sequence[np.ndarray],
+    methods: Sequence[str] = METHODS,
+    threshold: float = 0.5,
+    seed: int = 0,
+) -> dict[str, dict[str, float | bool]]:
+    """Model-randomisation sanity check: the mean Spearman similarity, per method, between
+    maps of the trained model and of a randomised copy (same crop, same target class). A
+    method passes when the similarity falls below ``threshold``."""
+    random_model = randomised_copy(model, seed)
+    similarity: dict[str, list[float]] = {m: [] for m in methods}
+    for crop in crops:
+        target, _, trained = explain_crop(model, crop, methods)
+        _, _, randomised = explain_crop(random_model, crop, methods, target)
+        for a, b in zip(trained, randomised, strict=True):
+            similarity[a.method].append(spearman(a.values, b.values))
+    return {
+        m: {"similarity": round(float(np.mean(v)), 4), "passes": bool(np.mean(v) < threshold)}
+        for m, v in similarity.items()
+    }

@@ -1,0 +1,247 @@
+"""RQ jobs: whole-slide inference runs, executed by workers on the ``inference`` queue."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+
+import django_rq
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from cases.services import record_audit
+
+from .engine.evaluate import MITOTIC_PHASES
+from .engine.mil import slide_attention
+from .engine.pipeline import pick_device, run_slide
+from .engine.slide_io import open_slide
+from .engine.tissue import detect_tissue
+from .hpf import compute_ai_map
+from .models import Finding, InferenceRun, MilMap, ModelVersion
+from .registry import load_version
+
+log = logging.getLogger(__name__)
+
+ENQUEUE_GRACE = timedelta(minutes=1)
+# Share of the progress bar each engine stage fills, in order.
+STAGES = {"tissue": (0, 5), "detect": (5, 85), "classify": (85, 92), "mil": (92, 99)}
+
+
+class RunCancelled(Exception):
+    """Raised inside a run when someone cancelled it."""
+
+
+class RunProgress:
+    """Writes a run's stage and percentage to the database at most twice a second, and
+    stops the run when its record says it was cancelled."""
+
+    def __init__(self, run_id: int, echo: Callable[[str, int], None] | None = None):
+        self.run_id = run_id
+        self.echo = echo
+        self.last_write = 0.0
+        self.last_percent = -1
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        start, end = STAGES[stage]
+        percent = int(start + (end - start) * fraction)
+        now = time.monotonic()
+        if percent == self.last_percent or (now - self.last_write < 0.5 and fraction < 1.0):
+            return
+        self.last_write, self.last_percent = now, percent
+        updated = InferenceRun.objects.filter(
+            pk=self.run_id, status=InferenceRun.Status.RUNNING
+        ).update(progress=percent, stage=stage)
+        if not updated:
+            raise RunCancelled
+        if self.echo:
+            self.echo(stage, percent)
+
+
+def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> dict:
+    """The job: run the run's models over its slide and store the findings.
+
+    Findings are written in the same transaction that marks the run succeeded, so a run
+    has either all its findings or none, and executing a run twice never duplicates them.
+    """
+    run = InferenceRun.objects.select_related("slide", "detector", "classifier").get(pk=run_id)
+    if run.status != InferenceRun.Status.QUEUED:
+        return {"skipped": run.status}
+    device = pick_device(settings.INFERENCE_DEVICE or None)
+    InferenceRun.objects.filter(pk=run_id).update(
+        status=InferenceRun.Status.RUNNING, started_at=timezone.now(), device=str(device), stage=""
+    )
+    _case_status_changed(run)
+    try:
+        progress = RunProgress(run_id, echo)
+        result = _infer(run, device, progress)
+        _mil(run, progress)
+    except RunCancelled:
+        _finish(run_id, InferenceRun.Status.CANCELLED, error="Cancelled while running.")
+        return {"cancelled": True}
+    except Exception as error:
+        log.exception("inference run %s failed", run_id)
+        _finish(run_id, InferenceRun.Status.FAILED, error=_describe(error))
+        raise
+    _store(run, result)
+    return result.stats
+
+
+def _infer(run: InferenceRun, device, progress: RunProgress):
+    return run_slide(
+        run.slide.path,
+        load_version(run.detector),
+        load_version(run.classifier),
+        device=device,
+        num_workers=settings.INFERENCE_LOADER_WORKERS,
+        mpp_override=run.slide.mpp_override,
+        score_threshold=run.parameters.get("score_threshold"),
+        progress=progress,
+    )
+
+
+def _store(run: InferenceRun, result) -> None:
+    findings = [
+        Finding(
+            slide_id=run.slide_id,
+            run_id=run.pk,
+            source=Finding.Source.AI,
+            x=f["x"],
+            y=f["y"],
+            box_x0=f["box"][0],
+            box_y0=f["box"][1],
+            box_x1=f["box"][2],
+            box_y1=f["box"][3],
+            score=f["score"],
+            phase=f["phase"],
+            phase_probs={k: round(v, 5) for k, v in f["phase_probs"].items()},
+        )
+        for f in result.findings
+    ]
+    phases = {}
+    for finding in findings:
+        phases[finding.phase] = phases.get(finding.phase, 0) + 1
+    stats = result.stats
+    with transaction.atomic():
+        locked = InferenceRun.objects.select_for_update().get(pk=run.pk)
+        if locked.status != InferenceRun.Status.RUNNING:
+            return  # cancelled at the last moment: keep nothing
+        Finding.objects.filter(run=run).delete()
+        Finding.objects.bulk_create(findings, batch_size=2000)
+        locked.status = InferenceRun.Status.SUCCEEDED
+        locked.progress, locked.stage = 100, "done"
+        locked.finished_at = timezone.now()
+        locked.counts = {
+            "findings": len(findings),
+            "to_review": sum(phases.get(p, 0) for p in MITOTIC_PHASES),
+            "by_phase": phases,
+            "patches_total": stats["patches_total"],
+            "patches_tissue": stats["patches_tissue"],
+            "detections_raw": stats["detections_raw"],
+        }
+        locked.timings = {k: round(v, 3) for k, v in stats["seconds"].items()}
+        locked.device = stats["device"]
+        locked.save()
+        _audit_finish(locked)
+    try:
+        compute_ai_map(locked)
+    except Exception:  # the findings stand; the map can be recomputed with manage.py hpf
+        log.exception("HPF map of run %s failed", run.pk)
+    _case_status_changed(run)
+
+
+def _mil(run: InferenceRun, progress: RunProgress) -> None:
+    """Attention-MIL over the slide with the active MIL model, when there is one."""
+    version = ModelVersion.objects.filter(task=ModelVersion.Task.MIL, is_active=True).first()
+    if version is None:
+        return
+    progress("mil", 0.0)
+    model, _ = load_version(version)
+    with open_slide(run.slide.path) as slide:
+        result = slide_attention(slide, model, detect_tissue(slide), run.slide.mpp_override)
+    MilMap.objects.update_or_create(
+        run=run,
+        defaults={
+            "model_version": version,
+            "bag_px": result.bag_px,
+            "probability": np.round(result.probability, 3).tolist(),
+            "attention": np.round(result.attention, 3).tolist(),
+            "on_tissue": result.on_tissue.tolist(),
+        },
+    )
+    progress("mil", 1.0)
+
+
+def fail(run_id: int, error: str) -> None:
+    """Mark a run that has not finished as failed, with the reason."""
+    _finish(run_id, InferenceRun.Status.FAILED, error)
+
+
+def _finish(run_id: int, status: str, error: str) -> None:
+    with transaction.atomic():
+        ended = InferenceRun.objects.filter(pk=run_id).exclude(status__in=InferenceRun.FINISHED)
+        if ended.update(status=status, error=error, finished_at=timezone.now()):
+            run = InferenceRun.objects.select_related("slide__case").get(pk=run_id)
+            _audit_finish(run)
+    _case_status_changed(InferenceRun.objects.select_related("slide").get(pk=run_id))
+
+
+def _audit_finish(run: InferenceRun) -> None:
+    record_audit(
+        "run_finish",
+        obj=run,
+        case=run.slide.case,
+        details={
+            "status": run.status,
+            "findings": run.counts.get("findings"),
+            "error": run.error.split("\n", 1)[0],
+        },
+    )
+
+
+def _describe(error: BaseException) -> str:
+    """A one-line reason for the user, then the traceback for the admin."""
+    lines = traceback.format_exception(error)
+    return f"{type(error).__name__}: {error}\n\n{''.join(lines[-8:])}"
+
+
+def _case_status_changed(run: InferenceRun) -> None:
+    from .services import refresh_case_status  # services enqueues this module's job
+
+    refresh_case_status(run.slide.case_id)
+
+
+def on_job_failure(job: Job, connection, exc_type, exc_value, tb) -> None:
+    """RQ failure callback, also called for jobs whose worker vanished (AbandonedJobError)."""
+    run_id = job.args[0]
+    _finish(run_id, InferenceRun.Status.FAILED, error=f"{exc_type.__name__}: {exc_value}")
+
+
+def reconcile(run: InferenceRun) -> InferenceRun:
+    """Mark a queued or running run failed when its RQ job has ended without finishing it
+    (the work horse was killed, the job was removed, or it failed before starting)."""
+    if run.is_finished or not run.job_id:
+        return run
+    try:
+        job = Job.fetch(run.job_id, connection=django_rq.get_connection("inference"))
+        status = job.get_status()
+    except NoSuchJobError:
+        if timezone.now() - run.created_at < ENQUEUE_GRACE:
+            return run  # enqueued when its transaction commits
+        job, status = None, None
+    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, None):
+        reason = (job.latest_result().exc_string if job and job.latest_result() else "") or ""
+        _finish(
+            run.pk,
+            InferenceRun.Status.FAILED,
+            error="The worker stopped before the run finished. "
+            + (reason.strip().splitlines()[-1] if reason.strip() else "The job is gone."),
+        )
+        run.refresh_from_db()
+    return run

@@ -1,0 +1,208 @@
+"""The model registry: checking and recording model versions, and the shipped models.
+
+A model file is accepted only if it loads in its declared format and its output matches
+its spec (one forward pass on a blank input); anything else is refused with a message
+for the user and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from django.conf import settings
+from django.db import transaction
+
+from cases.services import file_sha256, record_audit
+
+from .engine.mil import GRID
+from .engine.model_io import FORMATS, ModelSpec, load_classifier, load_detector, load_mil
+from .models import ModelVersion
+
+MIL_INSTANCES = GRID * GRID
+DETECTOR_NAME = "mitolens-detector"
+CLASSIFIER_NAME = "mitolens-phase"
+MIL_NAME = "mitolens-mil"
+SHIPPED_VERSION = "1.0"
+
+
+class ModelRejected(Exception):
+    """A model file or spec that cannot be registered; the message says why."""
+
+
+def load_model(path: Path, task: str, fmt: str, spec: dict[str, Any] | None):
+    """Load a registered file as the engine's detector or phase classifier."""
+    if task == ModelVersion.Task.DETECTOR:
+        return load_detector(path, fmt, spec)
+    if task == ModelVersion.Task.PHASE_CLASSIFIER:
+        return load_classifier(path, fmt, spec)
+    if task == ModelVersion.Task.MIL:
+        return load_mil(path, fmt, spec)
+    raise ModelRejected(f"models for the task {task!r} cannot be registered here")
+
+
+def load_version(version: ModelVersion):
+    """Load a registered model version from the model store."""
+    return load_model(version.path, version.task, version.format, version.spec)
+
+
+def check_model(path: Path, task: str, fmt: str, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """Load the file and run it once on a blank input; returns the resolved spec as a dict.
+
+    Raises ModelRejected with a message that names the problem.
+    """
+    if fmt not in FORMATS:
+        raise ModelRejected(f"unknown model format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    try:
+        model = load_model(path, task, fmt, spec)
+    except ModelRejected:
+        raise
+    except Exception as error:  # torch raises many types for a file it cannot read
+        raise ModelRejected(f"the file does not load as a {fmt} {task}: {error}") from None
+    if task == ModelVersion.Task.MIL:
+        model, resolved = model
+        blank = torch.zeros(1, MIL_INSTANCES, 3, resolved.patch_px, resolved.patch_px)
+    else:
+        resolved: ModelSpec = model.spec
+        blank = torch.zeros(1, 3, resolved.patch_px, resolved.patch_px)
+    try:
+        with torch.inference_mode():
+            if task == ModelVersion.Task.MIL:
+                model(blank)
+            elif task == ModelVersion.Task.DETECTOR:
+                model(blank, 0.99)
+            else:
+                classes = model(blank).shape[-1]
+                if classes != len(resolved.class_names):
+                    raise ValueError(
+                        f"model outputs {classes} classes but its spec names "
+                        f"{len(resolved.class_names)}: {list(resolved.class_names)}"
+                    )
+    except Exception as error:
+        raise ModelRejected(f"the model's output does not match its spec: {error}") from None
+    return resolved.to_dict()
+
+
+def register_model(
+    source: Path,
+    *,
+    name: str,
+    version: str,
+    task: str,
+    fmt: str,
+    spec: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    training_note: str = "",
+    registered_by=None,
+    activate: bool = False,
+) -> ModelVersion:
+    """Check a model file, copy it into the model store and record it (or raise
+    ModelRejected having stored nothing). ``activate`` makes it the task's active version."""
+    if ModelVersion.objects.filter(name=name, version=version).exists():
+        raise ModelRejected(f"{name} {version} is already registered")
+    resolved = check_model(source, task, fmt, spec)
+    store = Path(settings.MODEL_STORE)
+    sha256 = file_sha256(source)
+    target = store / f"{sha256[:16]}-{Path(source).name}"
+    copied = None
+    try:
+        if not target.exists():
+            store.mkdir(parents=True, exist_ok=True)
+            incoming = target.with_name(f".incoming-{target.name}")
+            shutil.copyfile(source, incoming)
+            incoming.replace(target)
+            copied = target
+        with transaction.atomic():
+            if activate:
+                ModelVersion.objects.filter(task=task, is_active=True).update(is_active=False)
+            registered = ModelVersion.objects.create(
+                name=name,
+                version=version,
+                task=task,
+                format=fmt,
+                weights=target.name,
+                sha256=sha256,
+                spec=resolved,
+                metrics=metrics or {},
+                training_note=training_note,
+                registered_by=registered_by,
+                is_active=activate,
+            )
+            record_audit(
+                "model_registered",
+                actor=registered_by,
+                obj=registered,
+                details={
+                    "name": name,
+                    "version": version,
+                    "task": task,
+                    "format": fmt,
+                    "sha256": sha256,
+                    "active": activate,
+                },
+            )
+            return registered
+    except BaseException:
+        if copied is not None:
+            copied.unlink(missing_ok=True)
+        raise
+
+
+def write_card(
+    store: Path,
+    name: str,
+    task: str,
+    weights: str,
+    spec: dict[str, Any],
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+) -> Path:
+    """Write ``<name>-<version>.json``: what the model is, how it was made, how it scores."""
+    card = {
+        "name": name,
+        "version": SHIPPED_VERSION,
+        "task": task,
+        "format": "native",
+        "weights": weights,
+        "sha256": file_sha256(store / weights),
+        "spec": spec,
+        "training": training,
+        "metrics": metrics,
+    }
+    path = store / f"{name}-{SHIPPED_VERSION}.json"
+    path.write_text(json.dumps(card, indent=1) + "\n")
+    return path
+
+
+def shipped_cards() -> list[dict[str, Any]]:
+    """The cards of the models shipped in the repository."""
+    return [json.loads(p.read_text()) for p in sorted(settings.SHIPPED_MODELS.glob("*.json"))]
+
+
+def register_shipped_models() -> list[ModelVersion]:
+    """Register the shipped models that are not yet in the registry; each becomes active
+    when its task has no active version. Returns the versions it registered."""
+    added = []
+    for card in shipped_cards():
+        if ModelVersion.objects.filter(name=card["name"], version=card["version"]).exists():
+            continue
+        note = json.dumps(card["training"], indent=1)
+        added.append(
+            register_model(
+                settings.SHIPPED_MODELS / card["weights"],
+                name=card["name"],
+                version=card["version"],
+                task=card["task"],
+                fmt=card["format"],
+                spec=card["spec"],
+                metrics=card["metrics"],
+                training_note=note,
+                activate=not ModelVersion.objects.filter(
+                    task=card["task"], is_active=True
+                ).exists(),
+            )
+        )
+    return added

@@ -1,0 +1,49 @@
+"""The production stack's description: compose file, image, and deploy settings."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def test_compose_has_the_production_services():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert {"postgres", "redis", "migrate", "web", "worker-inference", "worker-interactive"} <= set(
+        services
+    )
+    for name in ("postgres", "redis", "web"):
+        assert "healthcheck" in services[name], name
+    gpu = services["worker-inference"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"]
+    assert "inference" in services["worker-inference"]["command"]
+    assert {"explain", "default"} <= set(services["worker-interactive"]["command"])
+    web = services["web"]
+    assert web["environment"]["DEBUG"] == "0" and "slides:/slides" in web["volumes"]
+
+
+@pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
+    if shutil.which("docker")
+    else True,
+    reason="no docker compose plugin here",
+)
+def test_docker_compose_config_validates(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("SECRET_KEY=x\nALLOWED_HOSTS=example.org\nPOSTGRES_PASSWORD=y\n")
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "--env-file", str(env), "config", "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_image_collects_static_files_and_runs_gunicorn():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "collectstatic" in dockerfile and "gunicorn" in dockerfile
+    assert "USER mitolens" in dockerfile

@@ -1,0 +1,140 @@
+"""Attribution maps: shape and sanity, the cache, permissions, the explain command, and
+whether the maps point at the mitotic figure."""
+
+import json
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+
+from inference import explain
+from inference.engine.attribution import METHODS, CropClassifier, explain_crop, randomisation_check
+from inference.engine.synth import render_figure_crop
+from inference.management.commands.check_explanations import peak_in_box
+from inference.models import Explanation
+from inference.registry import CLASSIFIER_NAME, load_version
+from tests.conftest import run_worker_burst
+
+
+@pytest.fixture
+def crop_model(shipped_models):
+    version = shipped_models["phase_classifier"]
+    classifier = load_version(version)
+    spec = classifier.spec
+    return CropClassifier(classifier.module, spec.network_px, spec.mean, spec.std), spec
+
+
+def test_each_map_has_the_crops_size_is_finite_and_not_constant(crop_model):
+    model, spec = crop_model
+    crop, _ = render_figure_crop(seed=70001, kind="metaphase", size=spec.patch_px)
+    target, probs, maps = explain_crop(model, crop)
+    assert probs.sum() == pytest.approx(1.0, abs=1e-4) and target == int(np.argmax(probs))
+    assert [m.method for m in maps] == list(METHODS)
+    for m in maps:
+        assert m.values.shape == (spec.patch_px, spec.patch_px), m.method
+        assert np.isfinite(m.values).all() and m.values.std() > 0, m.method
+        assert 0 <= m.quality["deletion_auc"] <= 1 and m.ms > 0
+    ig = maps[1]
+    # IG's completeness: its attributions add up to the score difference within 5 %
+    assert ig.quality["relative_delta_black"] < 0.05 and ig.quality["relative_delta_blurred"] < 0.05
+
+
+def test_a_chosen_target_class_is_explained(crop_model):
+    model, spec = crop_model
+    crop, _ = render_figure_crop(seed=70002, kind="anaphase", size=spec.patch_px)
+    target, _, _ = explain_crop(model, crop, ["saliency"], target=4)
+    assert target == 4
+    with pytest.raises(ValueError, match="target class 9"):
+        explain_crop(model, crop, ["saliency"], target=9)
+    with pytest.raises(ValueError, match="unknown attribution"):
+        explain_crop(model, crop, ["lime"])
+
+
+def test_grad_cam_and_ig_point_at_the_mitotic_figure(crop_model):
+    """Pointing game on held-out synthetic crops, the figure up to 2 µm off centre (as
+    far as a detection's centre strays)."""
+    model, spec = crop_model
+    hits = {"grad_cam": 0, "integrated_gradients": 0}
+    seeds = range(71000, 71040)
+    for seed in seeds:
+        phase = ("prophase", "metaphase", "anaphase", "telophase")[seed % 4]
+        crop, truth = render_figure_crop(seed, phase, size=spec.patch_px, jitter_um=2.0)
+        _, _, maps = explain_crop(model, crop, list(hits))
+        for m in maps:
+            hits[m.method] += peak_in_box(m.values, truth["box"], margin=2.0)
+    rates = {k: v / len(seeds) for k, v in hits.items()}
+    assert rates["grad_cam"] >= 0.6 and rates["integrated_gradients"] >= 0.6, rates
+
+
+@pytest.mark.django_db
+def test_maps_come_from_an_explain_worker_and_are_cached(
+    client_for, pathologist, reviewed_run, rq_queues
+):
+    client = client_for(pathologist)
+    finding = reviewed_run.findings.order_by("-score").first()
+    first = client.post(f"/findings/{finding.pk}/explain/")
+    assert first.status_code == 202 and rq_queues.get_queue("explain").count == 1
+    waiting = client.get(f"/findings/{finding.pk}/explanations.json").json()
+    assert waiting["pending"] == list(METHODS) and waiting["maps"] == []
+    run_worker_burst("explain")
+    done = client.get(f"/findings/{finding.pk}/explanations.json").json()
+    assert [m["method"] for m in done["maps"]] == list(METHODS) and done["pending"] == []
+    assert done["target"] == finding.phase and done["crop"]["size"] == 128
+    again = client.post(f"/findings/{finding.pk}/explain/")
+    assert again.status_code == 200 and again.json()["pending"] is False
+    assert rq_queues.get_queue("explain").count == 0
+    assert Explanation.objects.filter(finding=finding).count() == len(METHODS)
+    image = client.get(done["maps"][0]["url"])
+    assert image.status_code == 200 and image["Content-Type"] == "image/png"
+
+
+@pytest.mark.django_db
+def test_a_pathologist_who_may_not_see_the_case_gets_no_maps(
+    client_for, other_pathologist, reviewed_run
+):
+    finding = reviewed_run.findings.first()
+    (explanation,) = explain.compute(finding, ["grad_cam"])
+    client = client_for(other_pathologist)
+    for response in (
+        client.post(f"/findings/{finding.pk}/explain/"),
+        client.get(f"/findings/{finding.pk}/explanations.json"),
+        client.get(f"/explanations/{explanation.pk}.png"),
+    ):
+        assert response.status_code == 404
+        assert b"grad_cam" not in response.content and b"PNG" not in response.content[:8]
+
+
+@pytest.mark.django_db
+def test_the_explain_command_writes_maps_and_reports(reviewed_run, tmp_path, capsys):
+    finding = reviewed_run.findings.first()
+    call_command("explain", "--finding", str(finding.pk), "--out", str(tmp_path), "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["methods"]) == set(METHODS)
+    assert report["crop"]["width"] == 128 and report["crop"]["mpp"] == 0.25
+    for method in METHODS:
+        values = np.load(tmp_path / f"{method}.npy")
+        assert values.shape == (128, 128)
+        assert (tmp_path / f"{method}.png").read_bytes()[:4] == b"\x89PNG"
+        assert report["methods"][method]["ms"] > 0
+    call_command("explain", "--finding", str(finding.pk), "--method", "saliency")
+    assert "saliency" in capsys.readouterr().out
+    assert Explanation.objects.filter(finding=finding).count() == len(METHODS)  # reused
+
+
+@pytest.fixture
+def reviewed_run(reviewed_slide, shipped_models):
+    """The reviewed slide's run, switched to the shipped classifier (explanations load it)."""
+    run = reviewed_slide.runs.get()
+    run.classifier = shipped_models["phase_classifier"]
+    run.save()
+    assert run.classifier.name == CLASSIFIER_NAME
+    return run
+
+
+def test_the_randomisation_check_lowers_similarity_for_methods_that_pass(crop_model):
+    model, spec = crop_model
+    crops = [render_figure_crop(72000 + i, "metaphase", size=spec.patch_px)[0] for i in range(3)]
+    result = randomisation_check(model, crops, ["grad_cam", "integrated_gradients"])
+    for method, figures in result.items():
+        assert figures["passes"] == (figures["similarity"] < 0.5), method
+    assert result["grad_cam"]["passes"]
