@@ -52,6 +52,7 @@ ENDPOINTS = [
     ("get", "/api/findings/{finding}/", None, (403, 404, 200, 200)),
     ("get", "/api/findings/{finding}/decisions/", None, (403, 404, 200, 200)),
     ("get", "/api/slides/{slide}/hpf/", None, (403, 404, 200, 200)),
+    ("get", "/api/findings/{finding}/explanations/", None, (403, 404, 200, 200)),
     ("post", "/api/findings/{finding}/decisions/", {"verdict": "agree"}, (403, 404, 201, 403)),
     (
         "post",

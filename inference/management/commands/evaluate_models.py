@@ -24,8 +24,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--json-out", type=Path, help="default: var/evaluation.json")
         parser.add_argument("--workers", type=int, default=settings.INFERENCE_LOADER_WORKERS)
+        parser.add_argument(
+            "--record",
+            action="store_true",
+            help="write the figures into the shipped models' cards (models/*.json)",
+        )
 
-    def handle(self, *args, slides, json_out, workers, **options):
+    def handle(self, *args, slides, json_out, workers, record, **options):
         try:
             detector, classifier = active_models()
         except RunRefused as refusal:
@@ -45,6 +50,13 @@ class Command(BaseCommand):
         out.write_text(json.dumps(result, indent=1))
         self.stdout.write(json.dumps({k: result[k] for k in ("detection", "phase_accuracy")}))
         self.stdout.write(f"Saved {out}")
+        if record:
+            for version in (detector, classifier):
+                card = Path(settings.SHIPPED_MODELS) / f"{version.name}-{version.version}.json"
+                data = json.loads(card.read_text())
+                data["metrics"] = result
+                card.write_text(json.dumps(data, indent=1) + "\n")
+                self.stdout.write(f"Recorded in {card}")
 
     def _slide_for(self, truth: Path) -> Path:
         for suffix in (".tiff", ".tif", ".svs"):
