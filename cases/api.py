@@ -17,6 +17,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from inference import services as ai
 from inference.models import Finding
 
 from . import audit, review
@@ -201,10 +202,7 @@ class DecisionViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.G
 
     def finding(self) -> Finding:
         return get_object_or_404(
-            Finding.objects.filter(
-                slide__case__in=Case.objects.visible_to(self.request.user)
-            ).select_related("slide__case"),
-            pk=self.kwargs["finding_pk"],
+            ai.visible_findings(self.request.user), pk=self.kwargs["finding_pk"]
         )
 
     def get_queryset(self):

@@ -12,16 +12,11 @@ from inference.models import Finding
 from . import audit, review
 from .exports import findings_geojson
 from .models import Decision, is_lab_admin
-from .services import blinded_for, visible_case, visible_cases, visible_slide
+from .services import blinded_for, visible_case, visible_slide
 
 
 def _visible_finding(request, finding_id: int) -> Finding:
-    return get_object_or_404(
-        Finding.objects.filter(slide__case__in=visible_cases(request.user)).select_related(
-            "slide__case"
-        ),
-        pk=finding_id,
-    )
+    return get_object_or_404(ai.visible_findings(request.user), pk=finding_id)
 
 
 def _refusal(message: str, status: int = 400) -> JsonResponse:

@@ -123,9 +123,8 @@ class FindingViewSet(viewsets.ReadOnlyModelViewSet):
         return slide
 
     def get_queryset(self):
-        findings = Finding.objects.filter(slide__case__in=visible_cases(self.request.user))
         if self.action != "list":
-            return findings.select_related("slide__case")
+            return services.visible_findings(self.request.user)
         slide = get_object_or_404(Slide.objects.visible_to(self.request.user), pk=self._slide())
         _, findings = services.slide_findings(slide)
         params = self.request.query_params

@@ -9,7 +9,7 @@ import django_rq
 from django.db import transaction
 from redis.exceptions import RedisError
 
-from cases.services import Case, record_audit
+from cases.services import Case, record_audit, visible_cases
 
 from .hpf import (
     MissingScale,
@@ -153,6 +153,11 @@ def refresh_case_status(case_id: int) -> None:
     else:
         new = Case.Status.REGISTERED
     Case.objects.filter(pk=case_id, status__in=automatic).update(status=new)
+
+
+def visible_findings(user):
+    """Findings of the cases the user may see (with slide and case)."""
+    return Finding.objects.filter(slide__case__in=visible_cases(user)).select_related("slide__case")
 
 
 def latest_run(slide) -> InferenceRun | None:

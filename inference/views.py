@@ -139,9 +139,7 @@ def slide_findings(request, slide_id: int):
 
 def _visible_finding(request, finding_id: int) -> Finding:
     return get_object_or_404(
-        Finding.objects.filter(slide__case__in=visible_cases(request.user)).select_related(
-            "slide__case", "run__detector", "run__classifier"
-        ),
+        services.visible_findings(request.user).select_related("run__detector", "run__classifier"),
         pk=finding_id,
     )
 

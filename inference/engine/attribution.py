@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -320,10 +320,6 @@ _METHOD_FUNCTIONS = {
     "gradient_shap": _gradient_shap,
     "grad_cam": _grad_cam,
 }
-
-
-def settings_dict(settings: AttributionSettings) -> dict[str, Any]:
-    return asdict(settings)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
