@@ -13,4 +13,4 @@ RUN DEBUG=1 SECRET_KEY=build-only python manage.py collectstatic --noinput \
     && mkdir -p /var/lib/mitolens /slides && chown -R mitolens /var/lib/mitolens /slides
 USER mitolens
 EXPOSE 8000
-CMD ["gunicorn", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "4", "--threads", "4", "--worker-class", "gthread", "--access-logfile", "-"]
+CMD ["gunicorn", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "4", "--threads", "4", "--worker-class", "gthread", "--preload", "--access-logfile", "-"]

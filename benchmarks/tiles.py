@@ -1,7 +1,9 @@
 """Authenticated Deep Zoom tiles through the portal vs OpenSlide's example-style server.
 
-Starts each server fresh (cold caches) for every scenario and client count, plays
-the same request lists against both, and prints tiles/s and p50/p95 latency.
+Starts each server fresh for every scenario and client count, plays the same request
+lists against both, and prints tiles/s and p50/p95 latency. The portal runs twice:
+cold (empty tile cache, every tile rendered on demand) and pre-rendered (after the
+job that registration queues has rendered the pyramid into the tile cache).
 
 Scenarios:
   viewing  each client is a pathologist browsing: overview first, then random
@@ -19,6 +21,7 @@ import http.client
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,7 +41,8 @@ def parse_args():
     parser.add_argument("--slide", type=Path, help="slide to serve (default: a synthetic one)")
     parser.add_argument("--size", default="16000x12000", help="synthetic slide size")
     parser.add_argument("--clients", default="1,4,8")
-    parser.add_argument("--requests", type=int, default=1200, help="tile requests per run")
+    parser.add_argument("--requests", type=int, default=3000, help="tile requests per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row (median kept)")
     parser.add_argument("--scenarios", default="viewing,unique")
     parser.add_argument("--gunicorn-workers", type=int, default=2)
     parser.add_argument("--gunicorn-threads", type=int, default=8)
@@ -85,6 +89,9 @@ def portal_env(var_dir: Path) -> dict[str, str]:
         "SECURE_SSL_REDIRECT": "0",
         "DATABASE_URL": f"sqlite:///{var_dir / 'bench.sqlite3'}",
         "LOG_LEVEL": "WARNING",
+        "TILE_CACHE_DIR": str(var_dir / "tiles"),
+        "TILE_PRERENDER": "all",
+        "AUTO_RUN_INFERENCE": "0",
     }
 
 
@@ -176,23 +183,61 @@ def wait_until_up(port: int, process: subprocess.Popen) -> None:
         if process.poll() is not None:
             raise RuntimeError("server exited during start-up")
         try:
-            http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/healthz")
-            return
+            # A bound socket is not a server that answers: wait for a worker's reply.
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/healthz")
+            if connection.getresponse().status in (200, 404):
+                return
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise RuntimeError("server did not start")
 
 
 def run_server(command, env, port, plans, url_for, headers) -> dict:
-    process = subprocess.Popen(
-        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    log = Path(env["MITOLENS_VAR_DIR"]) / "server.log"
+    with log.open("ab") as stderr:
+        process = subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr
+        )
     try:
         wait_until_up(port, process)
         return play(port, plans, url_for, headers)
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median throughput (its latencies come with it)."""
+    return sorted(runs, key=lambda run: run["tiles_per_s"])[len(runs) // 2]
+
+
+def portal_command(args) -> list[str]:
+    return [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "portal.wsgi:application",
+        "-b",
+        "127.0.0.1:8772",
+        "-k",
+        "gthread",
+        "-w",
+        str(args.gunicorn_workers),
+        "--threads",
+        str(args.gunicorn_threads),
+        "--preload",  # every worker is ready when the socket answers
+    ]
+
+
+def prerender(slide_id: int, tile_dir: Path) -> dict:
+    """Render the whole pyramid into the tile cache, as the registration job does."""
+    from cases.tiles import prerender_slide
+
+    start = time.perf_counter()
+    tiles = prerender_slide(slide_id)
+    seconds = time.perf_counter() - start
+    size = sum(file.stat().st_size for file in tile_dir.rglob("*.jpeg"))
+    return {"tiles": tiles, "seconds": seconds, "mib": size / 1024**2}
 
 
 def main() -> None:
@@ -210,69 +255,84 @@ def main() -> None:
     slide_id, session_key = setup_portal(work, slide_path)
     level_count, level_tiles = tile_levels(slide_path)
     env = {**os.environ, **portal_env(work)}
-    python_bin = Path(sys.executable).parent
+    rendering = prerender(slide_id, Path(env["TILE_CACHE_DIR"]))
+    print(f"Pre-rendered {rendering}", flush=True)
+    cold_env = {**env, "TILE_CACHE_DIR": str(work / "tiles-cold")}
+    servers = {
+        "baseline": (
+            [sys.executable, "benchmarks/deepzoom_baseline.py", str(slide_path), "8771"],
+            env,
+            8771,
+            lambda lv, c, r: f"/slide_files/{lv}/{c}_{r}.jpeg",
+            {},
+        ),
+        "cold": (
+            portal_command(args),
+            cold_env,
+            8772,
+            lambda lv, c, r: f"/slides/{slide_id}_files/{lv}/{c}_{r}.jpeg",
+            {"Cookie": f"sessionid={session_key}"},
+        ),
+    }
+    servers["pre-rendered"] = (portal_command(args), env, *servers["cold"][2:])
     rows = []
     for scenario in args.scenarios.split(","):
         make_plans = viewing_requests if scenario == "viewing" else unique_requests
         for clients in (int(c) for c in args.clients.split(",")):
             plans = make_plans(level_count, level_tiles, clients, args.requests)
-            baseline = run_server(
-                [sys.executable, "benchmarks/deepzoom_baseline.py", str(slide_path), "8771"],
-                env,
-                8771,
-                plans,
-                lambda lv, c, r: f"/slide_files/{lv}/{c}_{r}.jpeg",
-                {},
-            )
-            portal = run_server(
-                [
-                    str(python_bin / "gunicorn"),
-                    "portal.wsgi:application",
-                    "-b",
-                    "127.0.0.1:8772",
-                    "-k",
-                    "gthread",
-                    "-w",
-                    str(args.gunicorn_workers),
-                    "--threads",
-                    str(args.gunicorn_threads),
-                ],
-                env,
-                8772,
-                plans,
-                lambda lv, c, r: f"/slides/{slide_id}_files/{lv}/{c}_{r}.jpeg",
-                {"Cookie": f"sessionid={session_key}"},
-            )
-            rows.append((scenario, clients, baseline, portal))
+            runs = {name: [] for name in servers}
+            for _ in range(args.repeats):  # interleaved, so load on the machine hits all alike
+                for name, (command, server_env, port, url_for, headers) in servers.items():
+                    if name == "cold":  # nothing rendered yet
+                        shutil.rmtree(cold_env["TILE_CACHE_DIR"], ignore_errors=True)
+                    runs[name].append(
+                        run_server(command, server_env, port, plans, url_for, headers)
+                    )
+            rows.append([scenario, clients, *(median_run(runs[name]) for name in servers)])
             print(format_row(rows[-1]), flush=True)
-    print_report(args, slide_path, rows)
+    print_report(args, slide_path, rows, rendering)
 
 
 def format_row(row) -> str:
-    scenario, clients, base, portal = row
-    return (
-        f"| {scenario} | {clients} | {base['tiles_per_s']:.0f} "
-        f"| {base['p50_ms']:.1f} | {base['p95_ms']:.1f} "
-        f"| {portal['tiles_per_s']:.0f} | {portal['p50_ms']:.1f} | {portal['p95_ms']:.1f} "
-        f"| {portal['tiles_per_s'] / base['tiles_per_s']:.2f}× |"
-    )
+    scenario, clients, base, *portal_runs = row
+    cells = [
+        scenario,
+        str(clients),
+        f"{base['tiles_per_s']:.0f}",
+        f"{base['p50_ms']:.1f} / {base['p95_ms']:.1f}",
+    ]
+    for portal in portal_runs:
+        cells += [
+            f"{portal['tiles_per_s']:.0f}",
+            f"{portal['p50_ms']:.1f} / {portal['p95_ms']:.1f}",
+            f"{portal['tiles_per_s'] / base['tiles_per_s']:.2f}×",
+        ]
+    return "| " + " | ".join(cells) + " |"
 
 
-def print_report(args, slide_path: Path, rows) -> None:
+def print_report(args, slide_path: Path, rows, rendering: dict) -> None:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), "?")
     print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, {cpu}")
     print(f"Python {platform.python_version()}; date: {time.strftime('%Y-%m-%d')}")
-    print(f"Slide: {slide_path.name}; {args.requests} requests per run")
+    print(
+        f"Slide: {slide_path.name}; {args.requests} requests per run; "
+        f"median of {args.repeats} interleaved runs per row"
+    )
     print(
         f"Portal: gunicorn gthread {args.gunicorn_workers} workers × "
         f"{args.gunicorn_threads} threads, session-authenticated, permission-checked"
     )
     print(
-        "\n| scenario | clients | baseline tiles/s | baseline p50 ms | baseline p95 ms "
-        "| portal tiles/s | portal p50 ms | portal p95 ms | speed-up |"
+        f"Pre-rendering: {rendering['tiles']} tiles in {rendering['seconds']:.1f} s, "
+        f"{rendering['mib']:.1f} MiB on disk"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| scenario | clients | baseline tiles/s | baseline p50 / p95 ms "
+        "| cold portal tiles/s | p50 / p95 ms | ÷ baseline "
+        "| pre-rendered portal tiles/s | p50 / p95 ms | ÷ baseline |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(format_row(row))
 

@@ -1,14 +1,22 @@
-"""Deep Zoom tiles from OpenSlide, with open slides and rendered tiles kept in bounded LRUs.
+"""Deep Zoom tiles from OpenSlide: open slides in a bounded LRU, rendered tiles on disk.
 
 One OpenSlideCache is shared by every open slide so decoded source tiles stay
 within one memory budget however many slides are open. Rendered JPEG tiles are
-cached by (slide sha256, level, col, row) because several viewers on one slide
-ask for the same low-resolution and hotspot tiles.
+kept as files under TILE_CACHE_DIR, keyed by the slide's sha256 and the tile
+settings, so every web process (and a pre-rendering worker) shares them and they
+outlive restarts; the operating system's page cache keeps the busy ones in memory.
 """
 
+import contextlib
 import hashlib
+import logging
+import os
+import re
+import shutil
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -16,6 +24,8 @@ from pathlib import Path
 import openslide
 from django.conf import settings
 from openslide.deepzoom import DeepZoomGenerator
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,35 +71,53 @@ class SlideHandles:
         return OpenedSlide(slide, deepzoom)
 
 
-class TileBytes:
-    """A bounded LRU of encoded tiles, limited by total bytes."""
+@dataclass(frozen=True)
+class TileSource:
+    """What serving a slide's tiles needs: its file and the content hash that keys them."""
 
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._tiles: OrderedDict[tuple, bytes] = OrderedDict()
-        self._size = 0
+    path: Path
+    sha256: str
+
+
+class TileGrants:
+    """Which slides a session was allowed to see, remembered for a few seconds.
+
+    A viewer asks for dozens of tiles a second; checking session, user and case
+    assignment in the database for each costs more than serving a cached tile. A
+    grant is re-checked after ``ttl`` seconds, so a revoked assignment or a session
+    ended in another process stops getting tiles within that time.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._grants: dict[tuple[str, int], tuple[float, TileSource]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> bytes | None:
-        with self._lock:
-            data = self._tiles.get(key)
-            if data is not None:
-                self._tiles.move_to_end(key)
-            return data
+    def get(self, session_key: str | None, slide_id: int) -> TileSource | None:
+        if not session_key:
+            return None
+        entry = self._grants.get((session_key, slide_id))
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
 
-    def put(self, key: tuple, data: bytes) -> None:
+    def put(self, session_key: str, slide_id: int, source: TileSource) -> None:
         with self._lock:
-            if key in self._tiles:
-                return
-            self._tiles[key] = data
-            self._size += len(data)
-            while self._size > self.max_bytes and self._tiles:
-                _, dropped = self._tiles.popitem(last=False)
-                self._size -= len(dropped)
+            if len(self._grants) >= self.max_entries:
+                now = time.monotonic()
+                self._grants = {k: v for k, v in self._grants.items() if v[0] >= now}
+                if len(self._grants) >= self.max_entries:
+                    self._grants.clear()
+            self._grants[(session_key, slide_id)] = (time.monotonic() + self.ttl, source)
+
+    def forget_session(self, session_key: str | None) -> None:
+        with self._lock:
+            self._grants = {k: v for k, v in self._grants.items() if k[0] != session_key}
 
 
 handles = SlideHandles(settings.SLIDE_CACHE_SLIDES, settings.SLIDE_CACHE_BYTES)
-tile_cache = TileBytes(settings.TILE_CACHE_BYTES)
+tile_grants = TileGrants(settings.TILE_GRANT_SECONDS)
 
 
 def encode_jpeg(image) -> bytes:
@@ -108,21 +136,132 @@ def tile_etag(sha256: str, level: int, col: int, row: int) -> str:
     return '"' + hashlib.blake2b(params.encode(), digest_size=12).hexdigest() + '"'
 
 
-def render_tile(path: Path, sha256: str, level: int, col: int, row: int) -> bytes | None:
+def tile_settings_key() -> str:
+    """The rendering settings a cached tile depends on (besides the slide's content)."""
+    return (
+        f"{settings.DEEPZOOM_TILE_SIZE}-{settings.DEEPZOOM_OVERLAP}-"
+        f"q{settings.DEEPZOOM_JPEG_QUALITY}"
+    )
+
+
+CACHE_FOLDER_NAME = re.compile(r"[0-9a-f]{64}-\d+-\d+-q\d+")
+
+
+def slide_cache_dir(sha256: str) -> Path:
+    return Path(settings.TILE_CACHE_DIR) / f"{sha256}-{tile_settings_key()}"
+
+
+def tile_file(sha256: str, level: int, col: int, row: int) -> Path:
+    return slide_cache_dir(sha256) / str(level) / f"{col}_{row}.jpeg"
+
+
+_unwritable_cache_reported = threading.Event()
+
+
+def _store(file: Path, data: bytes) -> None:
+    """Write atomically (other processes may be reading); a full or read-only disk only
+    costs the cache, never the tile."""
+    temporary = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_bytes(data)
+        os.replace(temporary, file)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        if not _unwritable_cache_reported.is_set():  # once per process, not per tile
+            _unwritable_cache_reported.set()
+            log.warning("Tiles are not being cached (%s): %s", file, error)
+
+
+def _render(
+    deepzoom: DeepZoomGenerator, source: TileSource, level: int, col: int, row: int
+) -> bytes:
+    data = encode_jpeg(deepzoom.get_tile(level, (col, row)))
+    _store(tile_file(source.sha256, level, col, row), data)
+    return data
+
+
+def render_tile(source: TileSource, level: int, col: int, row: int) -> bytes | None:
     """The JPEG bytes of one Deep Zoom tile, or None when the address is out of range."""
-    key = (sha256, level, col, row)
-    data = tile_cache.get(key)
-    if data is not None:
-        return data
-    deepzoom = handles.get(path).deepzoom
+    try:
+        return tile_file(source.sha256, level, col, row).read_bytes()
+    except OSError:  # not rendered yet, or an unusable cache: render it
+        pass
+    deepzoom = handles.get(source.path).deepzoom
     if not (0 <= level < deepzoom.level_count):
         return None
     cols, rows = deepzoom.level_tiles[level]
     if not (0 <= col < cols and 0 <= row < rows):
         return None
-    data = encode_jpeg(deepzoom.get_tile(level, (col, row)))
-    tile_cache.put(key, data)
-    return data
+    return _render(deepzoom, source, level, col, row)
+
+
+def pyramid_addresses(deepzoom: DeepZoomGenerator, skip_top: int = 0) -> list[tuple[int, int, int]]:
+    """Every tile address, coarsest level first (the viewer opens there), leaving out the
+    ``skip_top`` highest-resolution levels."""
+    return [
+        (level, col, row)
+        for level in range(deepzoom.level_count - skip_top)
+        for row in range(deepzoom.level_tiles[level][1])
+        for col in range(deepzoom.level_tiles[level][0])
+    ]
+
+
+def prerender(
+    source: TileSource,
+    skip_top: int = 0,
+    progress: Callable[[Iterable], Iterable] = iter,
+) -> int:
+    """Render the slide's tiles that are not cached yet; returns how many it rendered."""
+    deepzoom = handles.get(source.path).deepzoom
+    rendered = 0
+    for level, col, row in progress(pyramid_addresses(deepzoom, skip_top)):
+        if not tile_file(source.sha256, level, col, row).exists():
+            _render(deepzoom, source, level, col, row)
+            rendered += 1
+    mark_viewed(source.sha256)
+    return rendered
+
+
+def mark_viewed(sha256: str) -> None:
+    """Note that a slide's tiles are in use, so pruning keeps them longest."""
+    with contextlib.suppress(OSError):  # nothing cached yet, or no usable cache
+        os.utime(slide_cache_dir(sha256))
+
+
+def prune(registered_sha256s: set[str], max_bytes: int) -> list[Path]:
+    """Delete cached tiles of slides no longer registered (or rendered with other
+    settings), then of the least recently viewed slides until the cache fits
+    ``max_bytes``. Returns the slide folders it removed."""
+    root = Path(settings.TILE_CACHE_DIR)
+    if not root.is_dir():
+        return []
+    current = {slide_cache_dir(sha).name for sha in registered_sha256s}
+    # Only folders named like ours: a cache directory set to a shared path loses nothing else.
+    folders = [
+        folder
+        for folder in root.iterdir()
+        if folder.is_dir() and CACHE_FOLDER_NAME.fullmatch(folder.name)
+    ]
+    doomed = [folder for folder in folders if folder.name not in current]
+    kept = sorted(
+        (folder for folder in folders if folder.name in current),
+        key=lambda folder: folder.stat().st_mtime,
+    )
+    sizes = {folder: _folder_bytes(folder) for folder in kept}
+    total = sum(sizes.values())
+    while kept and total > max_bytes:
+        oldest = kept.pop(0)
+        total -= sizes[oldest]
+        doomed.append(oldest)
+    for folder in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return doomed
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(entry.stat().st_size for entry in folder.rglob("*.jpeg"))
 
 
 def dzi_xml(path: Path) -> str:

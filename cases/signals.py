@@ -1,6 +1,9 @@
-"""Sign-ins and sign-outs go into the audit log."""
+"""Sign-ins and sign-outs go into the audit log (a sign-out also drops tile grants);
+a newly registered slide gets its tiles rendered ahead of its first viewer."""
 
-from . import audit
+from django.db import transaction
+
+from . import audit, deepzoom, tiles
 
 
 def logged_in(sender, request, user, **kwargs) -> None:
@@ -8,6 +11,7 @@ def logged_in(sender, request, user, **kwargs) -> None:
 
 
 def logged_out(sender, request, user, **kwargs) -> None:
+    deepzoom.tile_grants.forget_session(request.session.session_key)
     if user is not None:
         audit.record("logout", actor=user, request=request)
 
@@ -15,3 +19,8 @@ def logged_out(sender, request, user, **kwargs) -> None:
 def login_failed(sender, credentials, request=None, **kwargs) -> None:
     username = str(credentials.get("username", ""))[:150]
     audit.record("login_failed", request=request, details={"username": username})
+
+
+def prerender_new_slide(sender, instance, created: bool, **kwargs) -> None:
+    if created:
+        transaction.on_commit(lambda: tiles.queue_prerender(instance))

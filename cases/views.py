@@ -4,7 +4,10 @@ from functools import wraps
 from pathlib import Path
 
 import openslide
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
@@ -191,6 +194,25 @@ def _tile_slide(request, slide_id: int) -> Slide:
     )
 
 
+def _granted_tile_source(request, slide_id: int) -> deepzoom.TileSource | None:
+    """The slide's tile source if this session may see it; None for a signed-out visitor.
+
+    A recent grant for the session answers without touching the database; otherwise
+    the full check runs (session, user, assignment) and its answer is remembered.
+    """
+    cookie = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    source = deepzoom.tile_grants.get(cookie, slide_id)
+    if source is not None:
+        return source
+    if not request.user.is_authenticated:
+        return None
+    slide = _tile_slide(request, slide_id)
+    source = deepzoom.TileSource(slide.path, slide.sha256)
+    deepzoom.tile_grants.put(request.session.session_key, slide_id, source)
+    deepzoom.mark_viewed(slide.sha256)
+    return source
+
+
 @require_GET
 @slide_file_errors
 def slide_dzi(request, slide_id: int):
@@ -200,13 +222,16 @@ def slide_dzi(request, slide_id: int):
     return response
 
 
+@login_not_required  # checked below, through the grant cache
 @require_GET
 @slide_file_errors
 def slide_tile(request, slide_id: int, level: int, col: int, row: int):
-    slide = _tile_slide(request, slide_id)
+    slide = _granted_tile_source(request, slide_id)
+    if slide is None:
+        return redirect_to_login(request.get_full_path())
     etag = deepzoom.tile_etag(slide.sha256, level, col, row)
     return _cached_image_response(
-        request, etag, lambda: deepzoom.render_tile(slide.path, slide.sha256, level, col, row)
+        request, etag, lambda: deepzoom.render_tile(slide, level, col, row)
     )
 
 

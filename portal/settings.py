@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("MITOLENS_VAR_DIR", BASE_DIR / "var"))
@@ -162,7 +163,17 @@ SLIDE_IMPORT_DIRS = [Path(p) for p in env_list("SLIDE_IMPORT_DIRS", str(VAR_DIR 
 SLIDE_UPLOAD_MAX_BYTES = int(os.environ.get("SLIDE_UPLOAD_MAX_BYTES", 8 * 1024**3))
 SLIDE_CACHE_SLIDES = int(os.environ.get("SLIDE_CACHE_SLIDES", 32))
 SLIDE_CACHE_BYTES = int(os.environ.get("SLIDE_CACHE_BYTES", 256 * 1024**2))
-TILE_CACHE_BYTES = int(os.environ.get("TILE_CACHE_BYTES", 128 * 1024**2))
+# Rendered tiles, shared by web processes and the pre-rendering worker (share it like
+# the slide store); the least recently viewed slides' tiles go first beyond the limit.
+TILE_CACHE_DIR = Path(os.environ.get("TILE_CACHE_DIR", VAR_DIR / "tiles"))
+TILE_CACHE_MAX_BYTES = int(os.environ.get("TILE_CACHE_MAX_BYTES", 50 * 1024**3))
+# After registration a worker renders the slide's tiles ahead of the first viewer:
+# "all" levels, "overview" (all but the two highest-resolution levels) or "off".
+TILE_PRERENDER = os.environ.get("TILE_PRERENDER", "all")
+if TILE_PRERENDER not in ("all", "overview", "off"):
+    raise ImproperlyConfigured("TILE_PRERENDER must be all, overview or off")
+# How long a session's right to a slide's tiles is trusted before it is checked again.
+TILE_GRANT_SECONDS = float(os.environ.get("TILE_GRANT_SECONDS", 30))
 # AI runs: start one automatically when a slide is registered; the worker's device
 # ("" = CUDA when present, else CPU) and DataLoader reader processes per run.
 AUTO_RUN_INFERENCE = env_bool("AUTO_RUN_INFERENCE", default=True)

@@ -1,0 +1,47 @@
+"""Tile pre-rendering as a background job, and keeping the tile cache within its budget."""
+
+import logging
+
+import django_rq
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from . import deepzoom
+from .models import Slide
+
+log = logging.getLogger(__name__)
+
+# How many of the highest-resolution Deep Zoom levels each TILE_PRERENDER mode leaves
+# to on-demand rendering (the top two levels hold ~15/16 of a slide's tiles).
+SKIPPED_TOP_LEVELS = {"all": 0, "overview": 2}
+
+
+def prerender_slide(slide_id: int, progress=iter) -> int:
+    """Render a slide's uncached tiles (as TILE_PRERENDER says), then prune the cache.
+    Returns the number of tiles rendered; a slide deleted meanwhile renders none."""
+    slide = Slide.objects.filter(pk=slide_id).only("file", "sha256").first()
+    if slide is None or settings.TILE_PRERENDER not in SKIPPED_TOP_LEVELS:
+        return 0
+    source = deepzoom.TileSource(slide.path, slide.sha256)
+    rendered = deepzoom.prerender(source, SKIPPED_TOP_LEVELS[settings.TILE_PRERENDER], progress)
+    prune_tile_cache()
+    return rendered
+
+
+def prune_tile_cache() -> int:
+    """Drop cached tiles of deleted slides and, beyond TILE_CACHE_MAX_BYTES, of the least
+    recently viewed ones. Returns how many slides' tiles were removed."""
+    registered = set(Slide.objects.values_list("sha256", flat=True))
+    return len(deepzoom.prune(registered, settings.TILE_CACHE_MAX_BYTES))
+
+
+def queue_prerender(slide: Slide) -> None:
+    """Queue pre-rendering on the default queue; without a queue, tiles render on demand."""
+    if settings.TILE_PRERENDER == "off":
+        return
+    try:
+        django_rq.get_queue("default").enqueue(
+            prerender_slide, slide.pk, job_id=f"tiles-{slide.pk}", job_timeout=6 * 3600
+        )
+    except RedisError as error:
+        log.warning("Tiles of slide %s will render on demand: %s", slide.pk, error)

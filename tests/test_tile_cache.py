@@ -1,0 +1,162 @@
+"""The shared tile cache on disk, pre-rendering, pruning, and the per-session tile grants."""
+
+import os
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from cases import deepzoom, tiles
+from cases.models import CaseAssignment, Slide
+from tests.conftest import run_worker_burst
+
+
+@pytest.fixture
+def tile_dir(settings, tmp_path):
+    settings.TILE_CACHE_DIR = tmp_path / "tiles"
+    return settings.TILE_CACHE_DIR
+
+
+def source_of(slide: Slide) -> deepzoom.TileSource:
+    return deepzoom.TileSource(slide.path, slide.sha256)
+
+
+def pyramid(slide: Slide) -> list[tuple[int, int, int]]:
+    return deepzoom.pyramid_addresses(deepzoom.handles.get(slide.path).deepzoom)
+
+
+@pytest.mark.django_db
+def test_a_served_tile_is_kept_on_disk_and_served_from_there(
+    client_for, pathologist, slide, tile_dir
+):
+    url = f"/slides/{slide.pk}_files/11/1_1.jpeg"
+    first = client_for(pathologist).get(url).content
+    cached = deepzoom.tile_file(slide.sha256, 11, 1, 1)
+    assert cached.read_bytes() == first
+    cached.write_bytes(b"from the cache")  # proves the second answer is the file
+    assert client_for(pathologist).get(url).content == b"from the cache"
+
+
+@pytest.mark.django_db
+def test_a_cache_that_cannot_be_written_still_serves_the_tile(
+    client_for, pathologist, slide, settings, tmp_path
+):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    settings.TILE_CACHE_DIR = blocker / "tiles"
+    response = client_for(pathologist).get(f"/slides/{slide.pk}_files/11/0_0.jpeg")
+    assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+
+
+@pytest.mark.django_db
+def test_prerender_renders_every_tile_once(slide, tile_dir):
+    addresses = pyramid(slide)
+    assert deepzoom.prerender(source_of(slide)) == len(addresses)
+    assert all(deepzoom.tile_file(slide.sha256, *address).is_file() for address in addresses)
+    assert deepzoom.prerender(source_of(slide)) == 0
+
+
+@pytest.mark.django_db
+def test_overview_mode_leaves_the_two_top_levels_to_on_demand(slide, tile_dir, settings):
+    settings.TILE_PRERENDER = "overview"
+    rendered = tiles.prerender_slide(slide.pk)
+    top = deepzoom.handles.get(slide.path).deepzoom.level_count - 1
+    assert rendered == len(pyramid(slide)) - sum(
+        1 for level, _, _ in pyramid(slide) if level >= top - 1
+    )
+    assert not (deepzoom.slide_cache_dir(slide.sha256) / str(top)).exists()
+    assert (deepzoom.slide_cache_dir(slide.sha256) / str(top - 2)).is_dir()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_registering_a_slide_queues_prerendering_for_a_worker(
+    case, synthetic_slide, tile_dir, settings, rq_queues
+):
+    from cases.registration import register_slide
+
+    settings.TILE_PRERENDER = "all"
+    slide = register_slide(synthetic_slide, case, synthetic_slide.name)
+    queued = rq_queues.get_queue("default").job_ids
+    assert queued == [f"tiles-{slide.pk}"]
+    run_worker_burst("default")
+    assert all(deepzoom.tile_file(slide.sha256, *address).is_file() for address in pyramid(slide))
+
+
+@pytest.mark.django_db
+def test_prune_drops_deleted_slides_then_the_least_recently_viewed(slide, tile_dir):
+    deepzoom.prerender(source_of(slide))
+    stale = deepzoom.slide_cache_dir("0" * 64)
+    (stale / "0").mkdir(parents=True)
+    (stale / "0" / "0_0.jpeg").write_bytes(b"x")
+    other = deepzoom.slide_cache_dir("1" * 64)
+    (other / "0").mkdir(parents=True)
+    (other / "0" / "0_0.jpeg").write_bytes(b"y" * 10)
+    os.utime(other, (0, 0))  # viewed long ago
+    unrelated = tile_dir / "store"  # not a cache folder: never touched
+    unrelated.mkdir()
+    registered = {slide.sha256, "1" * 64}
+
+    removed = deepzoom.prune(registered, max_bytes=10**9)
+    assert removed == [stale] and other.is_dir()
+
+    removed = deepzoom.prune(
+        registered, max_bytes=deepzoom._folder_bytes(deepzoom.slide_cache_dir(slide.sha256))
+    )
+    assert removed == [other]
+    assert deepzoom.slide_cache_dir(slide.sha256).is_dir() and unrelated.is_dir()
+
+
+@pytest.mark.django_db
+def test_prerender_command(slide, tile_dir, settings, capsys):
+    settings.TILE_PRERENDER = "all"
+    call_command("prerender_tiles", "--slide", str(slide.pk))
+    assert f"Slide {slide.pk}: {len(pyramid(slide))} tiles rendered." in capsys.readouterr().out
+    with pytest.raises(CommandError, match="No slide 999"):
+        call_command("prerender_tiles", "--slide", "999")
+    settings.TILE_PRERENDER = "off"
+    with pytest.raises(CommandError, match="TILE_PRERENDER is off"):
+        call_command("prerender_tiles", "--all")
+
+
+@pytest.mark.django_db
+def test_a_granted_session_gets_cached_tiles_without_database_queries(
+    client_for, pathologist, slide, tile_dir, django_assert_num_queries
+):
+    client = client_for(pathologist)
+    assert client.get(f"/slides/{slide.pk}_files/11/0_0.jpeg").status_code == 200
+    with django_assert_num_queries(0):
+        assert client.get(f"/slides/{slide.pk}_files/11/0_0.jpeg").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_revoked_assignment_stops_tiles_once_the_grant_expires(
+    client_for, pathologist, slide, tile_dir, monkeypatch
+):
+    monkeypatch.setattr(deepzoom.tile_grants, "ttl", 0.0)  # every request re-checks
+    client = client_for(pathologist)
+    url = f"/slides/{slide.pk}_files/11/0_0.jpeg"
+    assert client.get(url).status_code == 200
+    CaseAssignment.objects.filter(case=slide.case, pathologist=pathologist).delete()
+    response = client.get(url)
+    assert response.status_code == 404 and response["Content-Type"] != "image/jpeg"
+
+
+@pytest.mark.django_db
+def test_a_grant_belongs_to_one_session(
+    client_for, pathologist, other_pathologist, slide, tile_dir
+):
+    url = f"/slides/{slide.pk}_files/11/0_0.jpeg"
+    assert client_for(pathologist).get(url).status_code == 200
+    response = client_for(other_pathologist).get(url)
+    assert response.status_code == 404 and response["Content-Type"] != "image/jpeg"
+
+
+@pytest.mark.django_db
+def test_signing_out_ends_tile_access_for_the_old_cookie(client_for, pathologist, slide, tile_dir):
+    client = client_for(pathologist)
+    url = f"/slides/{slide.pk}_files/11/0_0.jpeg"
+    assert client.get(url).status_code == 200
+    old_cookie = client.cookies["sessionid"].value
+    client.post("/accounts/logout/")
+    client.cookies["sessionid"] = old_cookie
+    response = client.get(url)
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
