@@ -141,4 +141,11 @@ def make_loader(
         pin_memory=device.type == "cuda",
         prefetch_factor=prefetch_factor if num_workers else None,
         persistent_workers=False,
+        worker_init_fn=_lower_priority,
     )
+
+
+def _lower_priority(worker_id: int) -> None:
+    """Readers yield the CPU to the model: on a CPU run, a reader preempting one of the
+    model's threads stalls every thread of that operation."""
+    os.nice(10)
