@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from django.conf import settings
 
@@ -28,7 +30,9 @@ def counted_ai_findings(run: InferenceRun):
     return run.findings.filter(score__gte=threshold, phase__in=MITOTIC_PHASES)
 
 
-def _save(run: InferenceRun, basis: str, result: HpfResult, mpp: float, n: int) -> HpfMap:
+def _save(
+    run: InferenceRun, basis: str, result: HpfResult, mpp: float, n: int, digest: str = ""
+) -> HpfMap:
     values = {
         "counts": result.counts.tolist(),
         "tissue": np.round(result.tissue, 3).tolist(),
@@ -43,6 +47,7 @@ def _save(run: InferenceRun, basis: str, result: HpfResult, mpp: float, n: int) 
         "hotspot_count": result.hotspot_count,
         "tissue_rule_relaxed": result.relaxed,
         "findings_counted": n,
+        "inputs_digest": digest,
     }
     hpf_map, _ = HpfMap.objects.update_or_create(run=run, basis=basis, defaults=values)
     return hpf_map
@@ -71,6 +76,10 @@ def compute_reviewed_map(run: InferenceRun, findings) -> HpfMap:
     ai_map = run.hpf_maps.filter(basis=HpfMap.Basis.AI).first() or compute_ai_map(run)
     slide = run.slide
     points = _points(findings)
+    digest = _inputs_digest(points, ai_map)
+    stored = run.hpf_maps.filter(basis=HpfMap.Basis.REVIEWED, inputs_digest=digest).first()
+    if stored is not None:  # nothing decided since: no recount, no write on a page view
+        return stored
     result = hpf_counts(
         points,
         (slide.width, slide.height),
@@ -79,7 +88,16 @@ def compute_reviewed_map(run: InferenceRun, findings) -> HpfMap:
         hpf_area_mm2=ai_map.hpf_area_mm2,
         min_tissue=ai_map.min_tissue,
     )
-    return _save(run, HpfMap.Basis.REVIEWED, result, ai_map.mpp, len(points))
+    return _save(run, HpfMap.Basis.REVIEWED, result, ai_map.mpp, len(points), digest)
+
+
+def _inputs_digest(points: np.ndarray, ai_map: HpfMap) -> str:
+    """What a reviewed map depends on: the reviewed points and the AI map (its tissue and
+    scale) as last computed."""
+    ordered = points[np.lexsort(points.T[::-1])]  # a queryset's order is not the point
+    digest = hashlib.blake2b(np.ascontiguousarray(ordered).tobytes(), digest_size=16)
+    digest.update(f"{ai_map.pk}:{ai_map.updated_at.isoformat()}".encode())
+    return digest.hexdigest()
 
 
 def summary(hpf_map: HpfMap, tumour_type: str) -> dict:

@@ -164,6 +164,9 @@ class HpfMap(models.Model):
     hotspot_count = models.PositiveIntegerField()
     tissue_rule_relaxed = models.BooleanField(default=False)
     findings_counted = models.PositiveIntegerField()
+    inputs_digest = models.CharField(
+        max_length=32, blank=True, help_text="Fingerprint of the points and map it was made from"
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

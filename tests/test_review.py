@@ -131,6 +131,23 @@ def test_the_reviewed_count_changes_when_a_finding_is_disagreed_with(
 
 
 @pytest.mark.django_db
+def test_viewing_the_review_does_not_rewrite_the_reviewed_count_map(
+    client_for, pathologist, reviewed_slide
+):
+    from inference.models import HpfMap
+
+    client = client_for(pathologist)
+    client.get(f"/slides/{reviewed_slide.pk}/review.json")
+    reviewed = HpfMap.objects.filter(basis="reviewed")
+    stamp = reviewed.get().updated_at
+    client.get(f"/slides/{reviewed_slide.pk}/review.json")
+    client.get(f"/cases/{reviewed_slide.case_id}/")
+    assert reviewed.get().updated_at == stamp
+    decide(client, findings(reviewed_slide)[0], "agree")
+    assert reviewed.get().updated_at > stamp and reviewed.get().findings_counted == 1
+
+
+@pytest.mark.django_db
 def test_blinded_mode_hides_the_ai_call_until_the_reader_decides(
     client_for, pathologist, reviewed_slide
 ):
