@@ -3,6 +3,7 @@ FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MITOLENS_VAR_DIR=/var/lib/mitolens SLIDE_STORE=/slides/store SLIDE_IMPORT_DIRS=/slides/import \
+    TILE_CACHE_DIR=/slides/tiles MODEL_STORE=/slides/models \
     STATIC_ROOT=/app/staticfiles
 
 WORKDIR /app

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -92,6 +93,9 @@ class TileGrants:
         self.ttl = ttl
         self.max_entries = max_entries
         self._grants: dict[tuple[str, int], tuple[float, TileSource]] = {}
+        # Sessions signed out here, kept for a ttl so a tile request that checked the
+        # session just before the sign-out cannot store a grant just after it.
+        self._ended: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def get(self, session_key: str | None, slide_id: int) -> TileSource | None:
@@ -103,17 +107,24 @@ class TileGrants:
         return entry[1]
 
     def put(self, session_key: str, slide_id: int, source: TileSource) -> None:
+        now = time.monotonic()
         with self._lock:
+            if self._ended.get(session_key, 0.0) >= now:
+                return
             if len(self._grants) >= self.max_entries:
-                now = time.monotonic()
                 self._grants = {k: v for k, v in self._grants.items() if v[0] >= now}
                 if len(self._grants) >= self.max_entries:
                     self._grants.clear()
-            self._grants[(session_key, slide_id)] = (time.monotonic() + self.ttl, source)
+            self._grants[(session_key, slide_id)] = (now + self.ttl, source)
 
     def forget_session(self, session_key: str | None) -> None:
+        if not session_key:
+            return
+        now = time.monotonic()
         with self._lock:
             self._grants = {k: v for k, v in self._grants.items() if k[0] != session_key}
+            self._ended = {k: until for k, until in self._ended.items() if until >= now}
+            self._ended[session_key] = now + self.ttl
 
 
 handles = SlideHandles(settings.SLIDE_CACHE_SLIDES, settings.SLIDE_CACHE_BYTES)
@@ -155,30 +166,41 @@ def tile_file(sha256: str, level: int, col: int, row: int) -> Path:
     return slide_cache_dir(sha256) / str(level) / f"{col}_{row}.jpeg"
 
 
+class TileCacheUnwritable(OSError):
+    """Rendered tiles cannot be stored under TILE_CACHE_DIR."""
+
+
 _unwritable_cache_reported = threading.Event()
 
 
 def _store(file: Path, data: bytes) -> None:
-    """Write atomically (other processes may be reading); a full or read-only disk only
-    costs the cache, never the tile."""
-    temporary = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}")
+    """Write atomically: readers in other processes (or machines sharing the volume) see
+    the whole tile or none. Raises TileCacheUnwritable."""
+    temporary = None
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_bytes(data)
+        handle, temporary = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
+        os.fchmod(handle, 0o644)  # mkstemp's 0600 would hide it from other users' processes
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
         os.replace(temporary, file)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        if not _unwritable_cache_reported.is_set():  # once per process, not per tile
-            _unwritable_cache_reported.set()
-            log.warning("Tiles are not being cached (%s): %s", file, error)
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        raise TileCacheUnwritable(f"Tiles cannot be cached at {file}: {error}") from error
 
 
 def _render(
     deepzoom: DeepZoomGenerator, source: TileSource, level: int, col: int, row: int
 ) -> bytes:
     data = encode_jpeg(deepzoom.get_tile(level, (col, row)))
-    _store(tile_file(source.sha256, level, col, row), data)
+    try:
+        _store(tile_file(source.sha256, level, col, row), data)
+    except TileCacheUnwritable as error:  # a viewer still gets the tile
+        if not _unwritable_cache_reported.is_set():  # once per process, not per tile
+            _unwritable_cache_reported.set()
+            log.warning("%s", error)
     return data
 
 
@@ -213,12 +235,14 @@ def prerender(
     skip_top: int = 0,
     progress: Callable[[Iterable], Iterable] = iter,
 ) -> int:
-    """Render the slide's tiles that are not cached yet; returns how many it rendered."""
+    """Render the slide's tiles that are not cached yet; returns how many it rendered.
+    Raises TileCacheUnwritable at the first tile it cannot store."""
     deepzoom = handles.get(source.path).deepzoom
     rendered = 0
     for level, col, row in progress(pyramid_addresses(deepzoom, skip_top)):
-        if not tile_file(source.sha256, level, col, row).exists():
-            _render(deepzoom, source, level, col, row)
+        file = tile_file(source.sha256, level, col, row)
+        if not file.exists():
+            _store(file, encode_jpeg(deepzoom.get_tile(level, (col, row))))
             rendered += 1
     mark_viewed(source.sha256)
     return rendered
@@ -245,10 +269,7 @@ def prune(registered_sha256s: set[str], max_bytes: int) -> list[Path]:
         if folder.is_dir() and CACHE_FOLDER_NAME.fullmatch(folder.name)
     ]
     doomed = [folder for folder in folders if folder.name not in current]
-    kept = sorted(
-        (folder for folder in folders if folder.name in current),
-        key=lambda folder: folder.stat().st_mtime,
-    )
+    kept = sorted((folder for folder in folders if folder.name in current), key=_last_viewed)
     sizes = {folder: _folder_bytes(folder) for folder in kept}
     total = sum(sizes.values())
     while kept and total > max_bytes:
@@ -260,8 +281,23 @@ def prune(registered_sha256s: set[str], max_bytes: int) -> list[Path]:
     return doomed
 
 
+# Another prune (a second worker, the command) may delete folders while this one scans.
+
+
+def _last_viewed(folder: Path) -> float:
+    try:
+        return folder.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def _folder_bytes(folder: Path) -> int:
-    return sum(entry.stat().st_size for entry in folder.rglob("*.jpeg"))
+    total = 0
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(directory, name)).st_size
+    return total
 
 
 def dzi_xml(path: Path) -> str:

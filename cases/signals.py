@@ -1,5 +1,6 @@
 """Sign-ins and sign-outs go into the audit log (a sign-out also drops tile grants);
-a newly registered slide gets its tiles rendered ahead of its first viewer."""
+a newly registered slide gets its tiles rendered ahead of its first viewer, and a
+deleted one's cached tiles are removed."""
 
 from django.db import transaction
 
@@ -24,3 +25,7 @@ def login_failed(sender, credentials, request=None, **kwargs) -> None:
 def prerender_new_slide(sender, instance, created: bool, **kwargs) -> None:
     if created:
         transaction.on_commit(lambda: tiles.queue_prerender(instance))
+
+
+def prune_deleted_slide_tiles(sender, instance, **kwargs) -> None:
+    transaction.on_commit(tiles.queue_prune)

@@ -36,12 +36,19 @@ def prune_tile_cache() -> int:
 
 
 def queue_prerender(slide: Slide) -> None:
-    """Queue pre-rendering on the default queue; without a queue, tiles render on demand."""
+    """Queue pre-rendering on the tiles queue (its own worker, so a long render never
+    delays explanations); without a queue, tiles render on demand."""
     if settings.TILE_PRERENDER == "off":
         return
     try:
-        django_rq.get_queue("default").enqueue(
-            prerender_slide, slide.pk, job_id=f"tiles-{slide.pk}", job_timeout=6 * 3600
-        )
+        django_rq.get_queue("tiles").enqueue(prerender_slide, slide.pk, job_id=f"tiles-{slide.pk}")
     except RedisError as error:
         log.warning("Tiles of slide %s will render on demand: %s", slide.pk, error)
+
+
+def queue_prune() -> None:
+    """Queue a prune (after a slide is deleted: its tiles go, whatever TILE_PRERENDER)."""
+    try:
+        django_rq.get_queue("tiles").enqueue(prune_tile_cache)
+    except RedisError as error:
+        log.warning("Tile cache not pruned (prerender_tiles --prune-only will): %s", error)

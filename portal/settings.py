@@ -116,7 +116,12 @@ RQ_QUEUES = {
         if REDIS_URL
         else {"UNIX_SOCKET_PATH": str(REDIS_EMBEDDED_SOCKET), "DB": 0, "DEFAULT_TIMEOUT": timeout}
     )
-    for name, timeout in (("inference", 6 * 3600), ("explain", 600), ("default", 600))
+    for name, timeout in (
+        ("inference", 6 * 3600),
+        ("explain", 600),
+        ("default", 600),
+        ("tiles", 6 * 3600),
+    )
 }
 
 # Enqueue at once; code that must wait for its transaction says so with on_commit.

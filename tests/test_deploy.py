@@ -22,6 +22,7 @@ def test_compose_has_the_production_services():
     assert gpu["capabilities"] == ["gpu"]
     assert "inference" in services["worker-inference"]["command"]
     assert {"explain", "default"} <= set(services["worker-interactive"]["command"])
+    assert "tiles" in services["worker-tiles"]["command"]
     web = services["web"]
     assert web["environment"]["DEBUG"] == "0" and "slides:/slides" in web["volumes"]
 

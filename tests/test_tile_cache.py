@@ -75,9 +75,9 @@ def test_registering_a_slide_queues_prerendering_for_a_worker(
 
     settings.TILE_PRERENDER = "all"
     slide = register_slide(synthetic_slide, case, synthetic_slide.name)
-    queued = rq_queues.get_queue("default").job_ids
+    queued = rq_queues.get_queue("tiles").job_ids
     assert queued == [f"tiles-{slide.pk}"]
-    run_worker_burst("default")
+    run_worker_burst("tiles")
     assert all(deepzoom.tile_file(slide.sha256, *address).is_file() for address in pyramid(slide))
 
 
@@ -160,3 +160,36 @@ def test_signing_out_ends_tile_access_for_the_old_cookie(client_for, pathologist
     client.cookies["sessionid"] = old_cookie
     response = client.get(url)
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_a_grant_checked_before_a_sign_out_is_not_stored_after_it(slide_path_source):
+    grants = deepzoom.TileGrants(ttl=30)
+    grants.forget_session("signed-out")
+    grants.put("signed-out", 1, slide_path_source)  # a request that raced the sign-out
+    assert grants.get("signed-out", 1) is None
+    grants.put("still-in", 1, slide_path_source)
+    assert grants.get("still-in", 1) == slide_path_source
+
+
+@pytest.fixture
+def slide_path_source(tmp_path):
+    return deepzoom.TileSource(tmp_path / "slide.tiff", "a" * 64)
+
+
+@pytest.mark.django_db
+def test_prerendering_into_an_unwritable_cache_fails_with_the_reason(slide, settings, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    settings.TILE_CACHE_DIR = blocker / "tiles"
+    with pytest.raises(deepzoom.TileCacheUnwritable, match="cannot be cached"):
+        deepzoom.prerender(source_of(slide))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_slide_removes_its_cached_tiles(slide, tile_dir, rq_queues):
+    deepzoom.prerender(source_of(slide))
+    folder = deepzoom.slide_cache_dir(slide.sha256)
+    assert folder.is_dir()
+    slide.delete()
+    run_worker_burst("tiles")
+    assert not folder.exists()

@@ -34,17 +34,28 @@ class Command(BaseCommand):
             except RunRefused as refusal:
                 self.stderr.write(f"No AI run on {slide}: {refusal}")
 
+    def _queue_missing_tiles(self) -> None:
+        """Slides registered while Redis was down (the demo's) get their tiles rendered."""
+        from cases import deepzoom
+        from cases.models import Slide
+        from cases.tiles import queue_prerender
+
+        for slide in Slide.objects.all():
+            if not deepzoom.slide_cache_dir(slide.sha256).exists():
+                queue_prerender(slide)
+
     def handle(self, *args, addr, **options):
         children: list[subprocess.Popen] = []
         redis_process = None if settings.REDIS_URL else embedded_redis.start()
         if redis_process:
             children.append(redis_process)
         manage = [sys.executable, "manage.py"]
-        # One worker for whole-slide runs, one for explanations, so a pathologist's maps
-        # never wait behind a slide.
+        # One worker for whole-slide runs, one for explanations (and tile pre-rendering,
+        # after them), so a pathologist's maps never wait behind a slide's AI run.
         children.append(subprocess.Popen([*manage, "rqworker", "inference", "--with-scheduler"]))
-        children.append(subprocess.Popen([*manage, "rqworker", "explain", "default"]))
+        children.append(subprocess.Popen([*manage, "rqworker", "explain", "default", "tiles"]))
         self._queue_missing_runs()
+        self._queue_missing_tiles()
         children.append(subprocess.Popen([*manage, "runserver", addr, "--noreload"]))
         self.stdout.write(self.style.SUCCESS(f"\nMitoLens is running at http://{addr}/"))
         for username, role in DEMO_LOGINS:
