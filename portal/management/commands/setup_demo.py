@@ -63,7 +63,7 @@ class Command(BaseCommand):
                 path = slide_dir / f"{accession}-{seed}.tiff"
                 if not path.exists():
                     self._generate(path, seed, width, height, mpp)
-                with self.settings_override():  # serve_demo queues the runs, with Redis up
+                with self.settings_override():  # serve_demo queues runs and tiles, Redis up
                     register_slide(path, case, path.name, users["labadmin"], label="H&E")
             self.stdout.write(f"Created case {accession}")
 
@@ -71,7 +71,7 @@ class Command(BaseCommand):
     def settings_override():
         from django.test import override_settings
 
-        return override_settings(AUTO_RUN_INFERENCE=False)
+        return override_settings(AUTO_RUN_INFERENCE=False, TILE_PRERENDER="off")
 
     def _users(self) -> dict[str, User]:
         users = {}
