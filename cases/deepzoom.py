@@ -140,10 +140,7 @@ def encode_jpeg(image) -> bytes:
 
 def tile_etag(sha256: str, level: int, col: int, row: int) -> str:
     """A strong ETag: the slide's content hash fixes every tile's pixels."""
-    params = (
-        f"{sha256}:{settings.DEEPZOOM_TILE_SIZE}:{settings.DEEPZOOM_OVERLAP}:"
-        f"{settings.DEEPZOOM_JPEG_QUALITY}:{level}:{col}:{row}"
-    )
+    params = f"{sha256}:{tile_settings_key()}:{level}:{col}:{row}"
     return '"' + hashlib.blake2b(params.encode(), digest_size=12).hexdigest() + '"'
 
 

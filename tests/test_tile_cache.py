@@ -16,6 +16,15 @@ def tile_dir(settings, tmp_path):
     return settings.TILE_CACHE_DIR
 
 
+@pytest.fixture
+def unwritable_tile_dir(settings, tmp_path):
+    """A cache directory below a plain file: nothing can be created there."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    settings.TILE_CACHE_DIR = blocker / "tiles"
+    return settings.TILE_CACHE_DIR
+
+
 def source_of(slide: Slide) -> deepzoom.TileSource:
     return deepzoom.TileSource(slide.path, slide.sha256)
 
@@ -38,11 +47,8 @@ def test_a_served_tile_is_kept_on_disk_and_served_from_there(
 
 @pytest.mark.django_db
 def test_a_cache_that_cannot_be_written_still_serves_the_tile(
-    client_for, pathologist, slide, settings, tmp_path
+    client_for, pathologist, slide, unwritable_tile_dir
 ):
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("")
-    settings.TILE_CACHE_DIR = blocker / "tiles"
     response = client_for(pathologist).get(f"/slides/{slide.pk}_files/11/0_0.jpeg")
     assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
 
@@ -177,10 +183,7 @@ def slide_path_source(tmp_path):
 
 
 @pytest.mark.django_db
-def test_prerendering_into_an_unwritable_cache_fails_with_the_reason(slide, settings, tmp_path):
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("")
-    settings.TILE_CACHE_DIR = blocker / "tiles"
+def test_prerendering_into_an_unwritable_cache_fails_with_the_reason(slide, unwritable_tile_dir):
     with pytest.raises(deepzoom.TileCacheUnwritable, match="cannot be cached"):
         deepzoom.prerender(source_of(slide))
 
