@@ -1,21 +1,25 @@
 """Whole-slide inference speed: end to end vs the model's pure compute vs a naive loop.
 
     .venv/bin/python benchmarks/inference.py [--size 16000x12000] [--device cpu|cuda]
+        [--workers 2] [--repeat 3] [--slide PATH] [--skip-naive]
 
 On one synthetic slide with the shipped models:
   end to end    run_slide: tissue mask, patches read by DataLoader worker processes while
                 the detector runs, merge, phase classification of each detection.
   pure compute  the same tissue patches already in memory as tensors, only the detector
                 (and the classifier on the same crops) run: the floor end to end can reach.
-  naive loop    every patch of the grid (no tissue mask) read one at a time, inferred one at
-                a time, no overlap of reading and compute.
-Prints a markdown table row per mode, and the ratio end-to-end / pure compute.
+  naive loop    every patch of the grid (no tissue mask) read with plain OpenSlide one at a
+                time, inferred one at a time, no overlap of reading and compute.
+End to end and pure compute alternate ``--repeat`` times (this machine may be shared);
+prints a markdown table row per mode with the medians, and the ratio end-to-end / pure
+compute of each pair.
 """
 
 import argparse
 import datetime
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -25,10 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import openslide  # noqa: E402
 import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from inference.engine.model_io import load_classifier, load_detector  # noqa: E402
-from inference.engine.patches import PatchDataset, patch_grid  # noqa: E402
+from inference.engine.patches import PatchDataset, model_input, patch_grid  # noqa: E402
 from inference.engine.pipeline import run_slide  # noqa: E402
 from inference.engine.slide_io import Scale, open_slide, read_region, slide_mpp  # noqa: E402
 from inference.engine.synth import generate_slide  # noqa: E402
@@ -41,8 +47,8 @@ def shipped(name: str) -> Path:
     return next(MODELS.glob(f"{name}-*.pt"))
 
 
-def pure_compute(slide_path, detector, classifier, device, batch_size, crop_origins):
-    """Seconds of detector + classifier compute on patches and crops held in memory."""
+def in_memory(slide_path, detector, classifier, crop_origins):
+    """The tissue patches and the findings' crops as uint8 tensors held in memory."""
     with open_slide(slide_path) as slide:
         mpp = slide_mpp(slide)
         tissue = detect_tissue(slide)
@@ -61,23 +67,29 @@ def pure_compute(slide_path, detector, classifier, device, batch_size, crop_orig
     crops = (
         torch.stack([crops_set[i][0] for i in range(len(crops_set))]) if len(crops_set) else None
     )
+    return patches, crops
+
+
+def pure_compute(patches, crops, detector, classifier, device, batch_size):
+    """Seconds of detector + classifier compute on patches and crops held in memory."""
     detector.to(device)
     classifier.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(patches), batch_size):
-            detector(patches[i : i + batch_size].to(device).float().div_(255), 0.5)
+            detector(model_input(patches[i : i + batch_size], device), 0.5)
         if crops is not None:
             for i in range(0, len(crops), batch_size):
-                classifier(crops[i : i + batch_size].to(device).float().div_(255))
+                classifier(model_input(crops[i : i + batch_size], device))
     sync()
-    return time.perf_counter() - start, len(patches)
+    return time.perf_counter() - start
 
 
 def naive(slide_path, detector, device):
-    """Seconds for every grid patch read and inferred one at a time, no tissue mask."""
-    with open_slide(slide_path) as slide:
+    """Seconds for every grid patch read with plain OpenSlide and inferred one at a time,
+    no tissue mask."""
+    with openslide.OpenSlide(slide_path) as slide:
         scale = Scale.between(slide_mpp(slide), detector.spec.target_mpp)
         grid = patch_grid(slide.dimensions, scale, patch_px=detector.spec.patch_px, overlap=64)
         start = time.perf_counter()
@@ -96,36 +108,43 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--slide", type=Path, help="reuse this synthetic slide if it exists")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs; medians")
     args = parser.parse_args()
     device = torch.device(args.device)
     width, height = (int(v) for v in args.size.split("x"))
     detector = load_detector(shipped("mitolens-detector"))
     classifier = load_classifier(shipped("mitolens-phase"))
     with tempfile.TemporaryDirectory() as tmp:
-        slide_path = Path(tmp) / "bench.tiff"
-        generate_slide(slide_path, seed=4242, size=(width, height), mpp=0.25)
-        run_slide(slide_path, detector, classifier, device=device, num_workers=0)  # warm up
-        start = time.perf_counter()
-        result = run_slide(
-            slide_path,
-            detector,
-            classifier,
-            device=device,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-        )
-        end_to_end = time.perf_counter() - start
-        stats = result.stats
+        slide_path = args.slide or Path(tmp) / "bench.tiff"
+        if not slide_path.exists():
+            generate_slide(slide_path, seed=4242, size=(width, height), mpp=0.25)
+        result = run_slide(slide_path, detector, classifier, device=device, num_workers=0)
         half = classifier.spec.patch_px * 0.5
         origins = np.array(
             [[round(f["x"] - half), round(f["y"] - half)] for f in result.findings], np.int64
         ).reshape(-1, 2)
-        compute, n_patches = pure_compute(
-            slide_path, detector, classifier, device, args.batch_size, origins
-        )
+        patches, crops = in_memory(slide_path, detector, classifier, origins)
+        end_to_end, compute, stages = [], [], []
+        for _ in tqdm(range(args.repeat), desc="end to end / pure compute runs"):
+            start = time.perf_counter()
+            result = run_slide(
+                slide_path,
+                detector,
+                classifier,
+                device=device,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+            )
+            end_to_end.append(time.perf_counter() - start)
+            stages.append(result.stats["seconds"])
+            compute.append(
+                pure_compute(patches, crops, detector, classifier, device, args.batch_size)
+            )
+        stats = result.stats
         rows = [
-            ("end to end (run_slide)", end_to_end, stats["patches_tissue"]),
-            ("pure compute, patches in memory", compute, n_patches),
+            ("end to end (run_slide)", statistics.median(end_to_end), stats["patches_tissue"]),
+            ("pure compute, patches in memory", statistics.median(compute), len(patches)),
         ]
         if not args.skip_naive:
             seconds, n = naive(slide_path, detector, device)
@@ -152,10 +171,13 @@ def main():
     print("|---|---|---|---|---|")
     for name, seconds, n in rows:
         print(f"| {name} | {n} | {seconds:.1f} | {n / seconds:.1f} | {seconds / 60:.2f} |")
+    ratios = sorted(e / c for e, c in zip(end_to_end, compute, strict=True))
     print(
-        f"\nEnd to end / pure compute: {end_to_end / compute:.2f}x "
-        f"(stage seconds: { {k: round(v, 2) for k, v in stats['seconds'].items()} })"
+        f"\nEnd to end / pure compute, median of {args.repeat} alternating pairs: "
+        f"{statistics.median(ratios):.2f}x (each pair: {', '.join(f'{r:.2f}x' for r in ratios)})"
     )
+    for seconds in stages:
+        print(f"stage seconds: { {k: round(v, 2) for k, v in seconds.items()} }")
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def test_dataset_reads_in_worker_processes(slide_path: Path) -> None:
     dataset = PatchDataset(slide_path, origins, 320, Scale(0.5, 0.5))
     loader = DataLoader(dataset, batch_size=2, num_workers=1)
     images, batch_origins = next(iter(loader))
-    assert images.shape == (2, 3, 320, 320) and images.dtype == torch.uint8
+    assert images.shape == (2, 320, 320, 3) and images.dtype == torch.uint8
     assert batch_origins.tolist() == [[200, 200], [400, 300]]
     assert dataset._slide is None  # the parent never opened the slide
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
 from os import PathLike
 
 import numpy as np
-import openslide
 import torch
 from numpy.typing import NDArray
 from torch.utils.data import DataLoader, Dataset
 
 from .slide_io import Scale, open_slide, read_region
+from .tiled_tiff import TiledTiffSlide
 from .tissue import TissueMask
+
+UNSCALED = Scale(1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,12 @@ def patch_grid(
 
 
 class PatchDataset(Dataset):
-    """Reads patches of a slide; each process opens its own OpenSlide handle lazily.
+    """Reads patches of a slide; each process opens its own slide handle lazily.
 
-    Items are ``(image, origin)``: a uint8 CHW RGB tensor of ``patch_px`` squared (divide
-    by 255 for [0, 1]; kept as uint8 so workers move a quarter of the bytes) and the
-    patch's level-0 origin as an int64 tensor ``(x, y)``.
+    Items are ``(image, origin)``: a uint8 HWC RGB tensor of ``patch_px`` squared (kept
+    as uint8 and HWC so workers move a quarter of the bytes and batch them with a plain
+    copy; :func:`model_input` makes network input of a batch) and the patch's level-0
+    origin as an int64 tensor ``(x, y)``.
     """
 
     def __init__(
@@ -85,7 +89,7 @@ class PatchDataset(Dataset):
         self.origins = np.asarray(origins, dtype=np.int64).reshape(-1, 2)
         self.patch_px = patch_px
         self.scale = scale
-        self._slide: openslide.OpenSlide | None = None
+        self._slide: TiledTiffSlide | None = None
         self._pid: int | None = None
 
     @classmethod
@@ -97,12 +101,15 @@ class PatchDataset(Dataset):
         return len(self.origins)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.origins[index]
-        image = read_region(self._handle(), (x, y), (self.patch_px, self.patch_px), self.scale)
-        chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-        return chw, torch.from_numpy(self.origins[index].copy())
+        x, y = (int(v) for v in self.origins[index])
+        slide, size = self._handle(), (self.patch_px, self.patch_px)
+        # level-0 pixels as they are: straight from the tiles when it can, no PIL round trip
+        image = slide.read_rgb((x, y), 0, size) if self.scale == UNSCALED else None
+        if image is None:
+            image = np.array(read_region(slide, (x, y), size, self.scale))
+        return torch.from_numpy(image), torch.from_numpy(self.origins[index].copy())
 
-    def _handle(self) -> openslide.OpenSlide:
+    def _handle(self) -> TiledTiffSlide:
         if self._slide is None or self._pid != os.getpid():
             self._slide = open_slide(self.slide_path)
             self._pid = os.getpid()
@@ -120,6 +127,13 @@ class PatchDataset(Dataset):
             self._slide = None
 
 
+def model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of dataset images ``(N, H, W, 3)`` uint8 as network input: ``(N, 3, H, W)``
+    float in [0, 1] on ``device`` (moved as uint8, converted there in one pass)."""
+    images = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    return images.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+
+
 def make_loader(
     dataset: Dataset,
     *,
@@ -128,21 +142,34 @@ def make_loader(
     device: torch.device,
     prefetch_factor: int = 4,
 ) -> DataLoader:
-    """An ordered DataLoader that reads/decodes in ``num_workers`` processes.
+    """A DataLoader that reads/decodes in ``num_workers`` processes, each worker reading
+    one contiguous share of the (row-major) dataset so that neighbouring patches, which
+    share source tiles, are read by the same process (see :func:`sharded_batches`).
 
     Memory is pinned when the batches go to CUDA, so host-to-device copies can be
     non-blocking and overlap compute.
     """
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=False,
+        batch_sampler=sharded_batches(len(dataset), batch_size, max(num_workers, 1)),
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=prefetch_factor if num_workers else None,
         persistent_workers=False,
         worker_init_fn=_lower_priority,
     )
+
+
+def sharded_batches(length: int, batch_size: int, shares: int) -> list[list[int]]:
+    """Batches of indices ``0..length-1``, the range cut into ``shares`` contiguous shares,
+    interleaved so that batch ``i`` comes from share ``i % shares`` (a DataLoader hands
+    batch ``i`` to worker ``i % num_workers``)."""
+    bounds = np.linspace(0, length, shares + 1).round().astype(int)
+    per_share = [
+        [list(range(i, min(i + batch_size, end))) for i in range(start, end, batch_size)]
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return [batch for row in itertools.zip_longest(*per_share) for batch in row if batch]
 
 
 def _lower_priority(worker_id: int) -> None:

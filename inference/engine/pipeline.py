@@ -14,7 +14,7 @@ import torch
 
 from .detect import Detections, merge_detections
 from .model_io import Detector, PhaseClassifier
-from .patches import PatchDataset, make_loader, patch_grid
+from .patches import PatchDataset, make_loader, model_input, patch_grid
 from .slide_io import Scale, open_slide, slide_mpp
 from .tissue import detect_tissue
 
@@ -85,7 +85,7 @@ class _Run:
         for i in range(len(loader)):
             with self.timer.section(f"{stage}_read_wait"):
                 images, origins = next(iterator)
-                images = images.to(self.device, non_blocking=True).float().div_(255)
+                images = model_input(images, self.device)
             yield images, origins
             self.progress(stage, (i + 1) / len(loader))
         dataset.close()

@@ -84,7 +84,7 @@ def tissue_mask_from_rgb(
     mask = _morphology(ndimage.binary_closing, mask, closing_px)
     mask = _morphology(ndimage.binary_opening, mask, opening_px)
     mask = _remove_small_objects(mask, min_object_px)
-    return ndimage.binary_fill_holes(mask)
+    return _fill_holes(mask)
 
 
 def _disk(radius: int) -> NDArray[np.bool_]:
@@ -110,6 +110,16 @@ def _remove_small_objects(mask: NDArray[np.bool_], min_px: int) -> NDArray[np.bo
     keep = sizes >= min_px
     keep[0] = False
     return keep[labels]
+
+
+def _fill_holes(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """``ndimage.binary_fill_holes`` in one labelling pass instead of repeated dilations:
+    background components that do not touch the border are holes."""
+    background, _ = ndimage.label(~mask)
+    edges = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    outside = np.zeros(background.max() + 1, bool)
+    outside[edges] = True
+    return mask | ~outside[background]
 
 
 def detect_tissue(slide: openslide.OpenSlide, max_size: int = 2048, **options: int) -> TissueMask:

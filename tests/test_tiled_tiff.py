@@ -1,0 +1,120 @@
+"""Tiled TIFF levels read from decoded tiles give exactly OpenSlide's pixels, faster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+import tifffile
+
+from inference.engine.patches import PatchDataset, sharded_batches
+from inference.engine.slide_io import Scale, open_slide, read_region, thumbnail
+
+WIDTH, HEIGHT = 1100, 900  # not a multiple of the tile size: edge tiles are partial
+
+
+def _pixels() -> np.ndarray:
+    """Texture with fine detail (JPEG decoders that differ would show it) on a gradient."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
+    base = np.stack([xx * 255 // WIDTH, yy * 255 // HEIGHT, (xx + yy) % 256], axis=2)
+    return (base * 0.7 + rng.integers(0, 76, (HEIGHT, WIDTH, 3))).astype(np.uint8)
+
+
+def _write(path: Path, compression: str, photometric: str) -> Path:
+    rgb = _pixels()
+    with tifffile.TiffWriter(path) as tiff:
+        for level in range(3):
+            tiff.write(
+                rgb,
+                tile=(256, 256),
+                compression=compression,
+                photometric=photometric,
+                subfiletype=0 if level == 0 else 1,
+            )
+            h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
+            rgb = rgb[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3)).astype(np.uint8)
+    return path
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("jpeg", "ycbcr"), ("jpeg", "rgb"), ("lzw", "rgb"), ("adobe_deflate", "rgb")],
+    ids=lambda p: "-".join(p),
+)
+def tiled_tiff(request, tmp_path_factory) -> Path:
+    compression, photometric = request.param
+    return _write(tmp_path_factory.mktemp("tiled") / "slide.tiff", compression, photometric)
+
+
+READS = [
+    ((0, 0), 0, (256, 256)),  # one whole tile
+    ((130, 250), 0, (320, 320)),  # across four tiles
+    ((1000, 800), 0, (300, 300)),  # past the right and bottom edges
+    ((-40, -20), 0, (100, 100)),  # before the slide
+    ((2000, 2000), 0, (50, 50)),  # wholly outside
+    ((512, 256), 1, (200, 150)),  # level 1 at whole level pixels
+    ((513, 256), 1, (200, 150)),  # half a level-1 pixel: OpenSlide interpolates
+    ((0, 0), 2, (275, 225)),  # a whole level
+]
+
+
+def test_regions_match_openslide(tiled_tiff: Path) -> None:
+    with open_slide(tiled_tiff) as ours, openslide.OpenSlide(tiled_tiff) as theirs:
+        assert sorted(ours._grids) == [0, 1, 2], "every level read from its tiles"
+        for location, level, size in READS:
+            mine = np.asarray(ours.read_region(location, level, size))
+            reference = np.asarray(theirs.read_region(location, level, size))
+            assert np.array_equal(mine, reference), (location, level, size)
+        assert np.array_equal(np.asarray(thumbnail(ours, 300)), np.asarray(thumbnail(theirs, 300)))
+
+
+def test_rgb_reads_are_white_where_there_is_no_image(tiled_tiff: Path) -> None:
+    with open_slide(tiled_tiff) as slide:
+        region = slide.read_rgb((1000, 800), 0, (300, 300))
+        inside = np.asarray(slide.read_region((1000, 800), 0, (100, 100)))[..., :3]
+        assert slide.read_rgb((513, 256), 1, (10, 10)) is None  # left to OpenSlide
+    assert np.array_equal(region[:100, :100], inside)
+    assert (region[100:] == 255).all() and (region[:, 100:] == 255).all()
+
+
+def test_resampled_reads_match_openslide(tiled_tiff: Path) -> None:
+    scale = Scale(0.5, 0.5)  # a 20x slide read at 40x: upsampled from level 0
+    with open_slide(tiled_tiff) as ours, openslide.OpenSlide(tiled_tiff) as theirs:
+        for origin in [(0, 0), (333, 517), (1000, 850)]:
+            mine = np.asarray(read_region(ours, origin, (160, 160), scale))
+            assert np.array_equal(mine, np.asarray(read_region(theirs, origin, (160, 160), scale)))
+
+
+def test_patch_dataset_reads_the_same_pixels(tiled_tiff: Path) -> None:
+    origins = np.array([[0, 0], [700, 500], [900, 700]])
+    dataset = PatchDataset(tiled_tiff, origins, 320, Scale(1.0, 1.0))
+    with openslide.OpenSlide(tiled_tiff) as reference:
+        for i, (x, y) in enumerate(origins):
+            expected = np.asarray(read_region(reference, (x, y), (320, 320), Scale(1.0, 1.0)))
+            assert np.array_equal(dataset[i][0].numpy(), expected)
+    dataset.close()
+
+
+def test_other_tiles_are_left_to_openslide(tmp_path: Path) -> None:
+    path = _write(tmp_path / "packbits.tiff", "packbits", "rgb")  # a codec not on our list
+    with open_slide(path) as slide, openslide.OpenSlide(path) as reference:
+        assert slide._grids == {}
+        assert slide.read_rgb((0, 0), 0, (10, 10)) is None
+        assert np.array_equal(
+            np.asarray(slide.read_region((5, 5), 0, (64, 64))),
+            np.asarray(reference.read_region((5, 5), 0, (64, 64))),
+        )
+
+
+@pytest.mark.parametrize(("length", "batch", "shares"), [(10, 3, 2), (100, 16, 2), (5, 4, 3)])
+def test_sharded_batches_give_each_worker_one_contiguous_share(
+    length: int, batch: int, shares: int
+) -> None:
+    batches = sharded_batches(length, batch, shares)
+    assert sorted(i for b in batches for i in b) == list(range(length))
+    for worker in range(shares):
+        indices = [i for b in batches[worker::shares] for i in b]
+        assert indices == list(range(indices[0], indices[-1] + 1))
