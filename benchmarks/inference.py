@@ -95,7 +95,7 @@ def naive(slide_path, detector, device):
         start = time.perf_counter()
         with torch.inference_mode():
             for x, y in grid.origins:
-                image = np.asarray(read_region(slide, (x, y), (detector.spec.patch_px,) * 2, scale))
+                image = np.array(read_region(slide, (x, y), (detector.spec.patch_px,) * 2, scale))
                 tensor = torch.from_numpy(image).permute(2, 0, 1)[None].to(device).float() / 255
                 detector(tensor, 0.5)
         return time.perf_counter() - start, len(grid)
