@@ -1,7 +1,10 @@
 """Deep Zoom tiles from OpenSlide: open slides in a bounded LRU, rendered tiles on disk.
 
 One OpenSlideCache is shared by every open slide so decoded source tiles stay
-within one memory budget however many slides are open. Rendered JPEG tiles are
+within one memory budget however many slides are open. Plain tiled TIFF slides
+(generic TIFF, Aperio SVS) have their source tiles decoded by tifffile instead of
+composited by OpenSlide (same pixels, a fraction of the CPU: see
+inference/engine/tiled_tiff.py), with the same budget split between open slides. Rendered JPEG tiles are
 kept as files under TILE_CACHE_DIR, keyed by the slide's sha256 and the tile
 settings, so every web process (and a pre-rendering worker) shares them and they
 outlive restarts; the operating system's page cache keeps the busy ones in memory.
@@ -26,6 +29,8 @@ import openslide
 from django.conf import settings
 from openslide.deepzoom import DeepZoomGenerator
 
+from inference.engine.tiled_tiff import TiledTiffSlide
+
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +46,7 @@ class SlideHandles:
     def __init__(self, max_slides: int, cache_bytes: int):
         self.max_slides = max_slides
         self.shared_cache = openslide.OpenSlideCache(cache_bytes)
+        self.tile_cache_bytes = cache_bytes // max_slides
         self._open: OrderedDict[str, OpenedSlide] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -61,7 +67,7 @@ class SlideHandles:
         return opened
 
     def _open_slide(self, path: Path) -> OpenedSlide:
-        slide = openslide.OpenSlide(path)
+        slide = TiledTiffSlide(path, cache_bytes=self.tile_cache_bytes)
         slide.set_cache(self.shared_cache)
         deepzoom = DeepZoomGenerator(
             slide,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import tifffile
 
 from inference.engine.patches import PatchDataset, sharded_batches
 from inference.engine.slide_io import Scale, open_slide, read_region, thumbnail
+from inference.engine.tiled_tiff import ABSENT, TileCache
 
 WIDTH, HEIGHT = 1100, 900  # not a multiple of the tile size: edge tiles are partial
 
@@ -118,3 +120,21 @@ def test_sharded_batches_give_each_worker_one_contiguous_share(
     for worker in range(shares):
         indices = [i for b in batches[worker::shares] for i in b]
         assert indices == list(range(indices[0], indices[-1] + 1))
+
+
+def test_reads_from_many_threads_match_one_thread(tiled_tiff: Path) -> None:
+    origins = [(x, y) for x in range(0, 1000, 90) for y in (0, 400)]
+    reads = [(origin, level, (200, 200)) for origin in origins for level in (0, 1)]
+    with openslide.OpenSlide(tiled_tiff) as reference:
+        expected = [np.asarray(reference.read_region(*read)) for read in reads]
+    with open_slide(tiled_tiff) as slide, ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda read: np.asarray(slide.read_region(*read)), reads * 3))
+    assert all(np.array_equal(g, e) for g, e in zip(got, expected * 3, strict=True))
+
+
+def test_tile_cache_keeps_to_its_budget() -> None:
+    cache = TileCache(max_bytes=3 * 100)
+    for i in range(5):
+        cache.put((0, i, 0), np.zeros(100, np.uint8))
+    assert cache.get((0, 0, 0)) is ABSENT and cache.get((0, 1, 0)) is ABSENT
+    assert all(cache.get((0, i, 0)) is not ABSENT for i in (2, 3, 4))

@@ -13,6 +13,8 @@ and levels that do not match a plain tiled page stay with OpenSlide.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections import OrderedDict
 from os import PathLike
 
@@ -34,23 +36,53 @@ DECODABLE = {
     (tifffile.COMPRESSION.ADOBE_DEFLATE, tifffile.PHOTOMETRIC.RGB),
 }
 WHITE = 255
+ABSENT = object()  # not in the cache (None is a tile the file leaves out)
 Rgb = NDArray[np.uint8]
 
 
-class TileGrid:
-    """The tiles of one TIFF page, decoded on demand and kept in a least-recently-used
-    cache of about ``cache_bytes``."""
+class TileCache:
+    """Decoded tiles (keyed by level and position), the least recently used dropped past
+    ``max_bytes``. Thread-safe: a web process reads one slide from many threads."""
 
-    def __init__(
-        self, tiff: tifffile.TiffFile, page: tifffile.TiffPage, cache_bytes: int = 64 << 20
-    ) -> None:
-        self._tiff = tiff
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._tiles: OrderedDict[tuple[int, int, int], Rgb | None] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int, int]) -> Rgb | None | object:
+        """The tile (None for a tile the file leaves out), or ``ABSENT``."""
+        with self._lock:
+            if key not in self._tiles:
+                return ABSENT
+            self._tiles.move_to_end(key)
+            return self._tiles[key]
+
+    def put(self, key: tuple[int, int, int], tile: Rgb | None) -> None:
+        """Keep ``tile``, dropping the least recently used past the budget."""
+        with self._lock:
+            if key in self._tiles:
+                return
+            self._tiles[key] = tile
+            self._bytes += 0 if tile is None else tile.nbytes
+            while self._bytes > self.max_bytes and len(self._tiles) > 1:
+                _, dropped = self._tiles.popitem(last=False)
+                self._bytes -= 0 if dropped is None else dropped.nbytes
+
+
+class TileGrid:
+    """The tiles of one TIFF page (one pyramid level), read with ``pread`` from ``fd`` and
+    decoded on demand into ``cache``."""
+
+    def __init__(self, page: tifffile.TiffPage, level: int, fd: int, cache: TileCache) -> None:
         self._page = page
+        self._decode_tile = page.decode  # built once: building it moves tifffile's handle
+        self._level = level
+        self._fd = fd
+        self._cache = cache
         self.width, self.height = page.imagewidth, page.imagelength
         self.tile_w, self.tile_h = page.tilewidth, page.tilelength
         self._columns = -(-self.width // self.tile_w)
-        self._max_tiles = max(4, cache_bytes // (self.tile_w * self.tile_h * 3))
-        self._tiles: OrderedDict[tuple[int, int], Rgb | None] = OrderedDict()
 
     def read_rgb(self, x: int, y: int, width: int, height: int) -> tuple[Rgb, bool]:
         """The ``height x width x 3`` region at ``(x, y)`` of this page, white where there
@@ -78,14 +110,11 @@ class TileGrid:
         return out, complete
 
     def _tile(self, tx: int, ty: int) -> Rgb | None:
-        key = (tx, ty)
-        if key in self._tiles:
-            self._tiles.move_to_end(key)
-            return self._tiles[key]
-        tile = self._decode(ty * self._columns + tx)
-        self._tiles[key] = tile
-        if len(self._tiles) > self._max_tiles:
-            self._tiles.popitem(last=False)
+        key = (self._level, tx, ty)
+        tile = self._cache.get(key)
+        if tile is ABSENT:
+            tile = self._decode(ty * self._columns + tx)
+            self._cache.put(key, tile)
         return tile
 
     def _decode(self, index: int) -> Rgb | None:
@@ -95,10 +124,8 @@ class TileGrid:
         offset, size = page.dataoffsets[index], page.databytecounts[index]
         if not offset or not size:
             return None
-        handle = self._tiff.filehandle
-        handle.seek(offset)
-        encoded = handle.read(size)  # before page.decode: building the decoder moves the handle
-        data, _, _ = page.decode(encoded, index, jpegtables=page.jpegtables)
+        encoded = os.pread(self._fd, size, offset)
+        data, _, _ = self._decode_tile(encoded, index, jpegtables=page.jpegtables)
         return data.reshape(self.tile_h, self.tile_w, 3)
 
 
@@ -106,13 +133,16 @@ class TiledTiffSlide(openslide.OpenSlide):
     """An OpenSlide handle whose reads of plain tiled TIFF levels come from decoded tiles.
 
     Same pixels as OpenSlide (the centre tile of level 0 is compared when the slide is
-    opened; any difference and every read goes to OpenSlide).
+    opened; any difference and every read goes to OpenSlide). Decoded tiles are kept up
+    to ``cache_bytes``. Safe to read from several threads, like OpenSlide.
     """
 
-    def __init__(self, filename: str | PathLike[str]) -> None:
+    def __init__(self, filename: str | PathLike[str], cache_bytes: int = 64 << 20) -> None:
         super().__init__(filename)
         self._downsamples = super().level_downsamples
+        self._cache = TileCache(cache_bytes)
         self._tiff: tifffile.TiffFile | None = None
+        self._fd: int | None = None
         self._grids: dict[int, TileGrid] = {}
         if self.properties.get(openslide.PROPERTY_NAME_VENDOR) in PLAIN_GRID_VENDORS:
             self._open_grids(filename)
@@ -140,10 +170,16 @@ class TiledTiffSlide(openslide.OpenSlide):
     def close(self) -> None:
         """Close the TIFF file and the OpenSlide handle."""
         self._grids.clear()
+        self._close_tiff()
+        super().close()
+
+    def _close_tiff(self) -> None:
         if self._tiff is not None:
             self._tiff.close()
             self._tiff = None
-        super().close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _read_grid(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
@@ -161,15 +197,18 @@ class TiledTiffSlide(openslide.OpenSlide):
         try:
             self._tiff = tifffile.TiffFile(filename)
             pages = [p for p in self._tiff.pages if _is_plain_grid(p)]
+            self._fd = os.open(filename, os.O_RDONLY)
+            for level, dimensions in enumerate(self.level_dimensions):
+                same_size = (p for p in pages if (p.imagewidth, p.imagelength) == dimensions)
+                page = next(same_size, None)
+                if page is not None:
+                    self._grids[level] = TileGrid(page, level, self._fd, self._cache)
         except (OSError, ValueError, tifffile.TiffFileError):
-            log.debug("tifffile cannot open %s; reading with OpenSlide", filename)
-            return
-        for level, dimensions in enumerate(self.level_dimensions):
-            page = next((p for p in pages if (p.imagewidth, p.imagelength) == dimensions), None)
-            if page is not None:
-                self._grids[level] = TileGrid(self._tiff, page)
+            log.debug("tifffile cannot read %s; reading with OpenSlide", filename)
+            self._grids.clear()
         if 0 not in self._grids or not self._level0_agrees():
             self._grids.clear()
+            self._close_tiff()
 
     def _level0_agrees(self) -> bool:
         grid = self._grids[0]
