@@ -4,10 +4,11 @@ One OpenSlideCache is shared by every open slide so decoded source tiles stay
 within one memory budget however many slides are open. Plain tiled TIFF slides
 (generic TIFF, Aperio SVS) have their source tiles decoded by tifffile instead of
 composited by OpenSlide (same pixels, a fraction of the CPU: see
-inference/engine/tiled_tiff.py), with the same budget split between open slides. Rendered JPEG tiles are
-kept as files under TILE_CACHE_DIR, keyed by the slide's sha256 and the tile
-settings, so every web process (and a pre-rendering worker) shares them and they
-outlive restarts; the operating system's page cache keeps the busy ones in memory.
+inference/engine/tiled_tiff.py), with the same budget split between open slides.
+Rendered JPEG tiles are kept as files under TILE_CACHE_DIR, keyed by the slide's
+sha256 and the tile settings, so every web process (and a pre-rendering worker)
+shares them and they outlive restarts; the operating system's page cache keeps
+the busy ones in memory.
 """
 
 import contextlib

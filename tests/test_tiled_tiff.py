@@ -111,6 +111,19 @@ def test_other_tiles_are_left_to_openslide(tmp_path: Path) -> None:
         )
 
 
+def test_a_corrupt_tile_fails_as_openslide_fails(tmp_path: Path) -> None:
+    path = _write(tmp_path / "corrupt.tiff", "jpeg", "ycbcr")
+    with tifffile.TiffFile(path) as tiff:
+        offset = tiff.pages[0].dataoffsets[0]  # the first tile (the centre one is checked)
+    with path.open("r+b") as file:
+        file.seek(offset)
+        file.write(b"\0" * 64)
+    with open_slide(path) as slide:
+        assert slide.read_rgb((0, 0), 0, (10, 10)) is None  # left to OpenSlide
+    with open_slide(path) as slide, pytest.raises(openslide.OpenSlideError):
+        slide.read_region((0, 0), 0, (10, 10))
+
+
 @pytest.mark.parametrize(("length", "batch", "shares"), [(10, 3, 2), (100, 16, 2), (5, 4, 3)])
 def test_sharded_batches_give_each_worker_one_contiguous_share(
     length: int, batch: int, shares: int

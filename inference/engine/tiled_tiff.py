@@ -40,6 +40,10 @@ ABSENT = object()  # not in the cache (None is a tile the file leaves out)
 Rgb = NDArray[np.uint8]
 
 
+class TileUnreadable(ValueError):
+    """A tile tifffile cannot read or decode (the read is left to OpenSlide)."""
+
+
 class TileCache:
     """Decoded tiles (keyed by level and position), the least recently used dropped past
     ``max_bytes``. Thread-safe: a web process reads one slide from many threads."""
@@ -124,9 +128,12 @@ class TileGrid:
         offset, size = page.dataoffsets[index], page.databytecounts[index]
         if not offset or not size:
             return None
-        encoded = os.pread(self._fd, size, offset)
-        data, _, _ = self._decode_tile(encoded, index, jpegtables=page.jpegtables)
-        return data.reshape(self.tile_h, self.tile_w, 3)
+        try:
+            encoded = os.pread(self._fd, size, offset)
+            data, _, _ = self._decode_tile(encoded, index, jpegtables=page.jpegtables)
+            return data.reshape(self.tile_h, self.tile_w, 3)
+        except Exception as error:  # truncated file, corrupt data: whatever the codec raises
+            raise TileUnreadable(f"tile {index} of level {self._level}: {error}") from error
 
 
 class TiledTiffSlide(openslide.OpenSlide):
@@ -191,7 +198,11 @@ class TiledTiffSlide(openslide.OpenSlide):
         x, y = location[0] / downsample, location[1] / downsample
         if not (x.is_integer() and y.is_integer()):
             return None  # OpenSlide would interpolate between pixels
-        return grid.read_rgb(int(x), int(y), *size)
+        try:
+            return grid.read_rgb(int(x), int(y), *size)
+        except TileUnreadable as error:  # OpenSlide reads it, or reports the error its way
+            log.warning("%s: %s; reading with OpenSlide", self._tiff.filename, error)
+            return None
 
     def _open_grids(self, filename: str | PathLike[str]) -> None:
         try:
@@ -217,7 +228,7 @@ class TiledTiffSlide(openslide.OpenSlide):
         size = (min(grid.tile_w, grid.width - x), min(grid.tile_h, grid.height - y))
         try:
             ours, _ = grid.read_rgb(x, y, *size)
-        except Exception:  # any decoding failure means: leave this slide to OpenSlide
+        except TileUnreadable:
             log.debug("tifffile cannot decode %s; reading with OpenSlide", self._tiff.filename)
             return False
         theirs = np.asarray(super().read_region((x, y), 0, size))
