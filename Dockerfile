@@ -10,8 +10,9 @@ WORKDIR /app
 COPY pyproject.toml ./
 RUN pip install --no-cache-dir -e . && useradd --create-home --uid 1000 mitolens
 COPY . .
-RUN DEBUG=1 SECRET_KEY=build-only python manage.py collectstatic --noinput \
+RUN scripts/build-static \
     && mkdir -p /var/lib/mitolens /slides && chown -R mitolens /var/lib/mitolens /slides
 USER mitolens
 EXPOSE 8000
-CMD ["gunicorn", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "4", "--threads", "4", "--worker-class", "gthread", "--preload", "--access-logfile", "-"]
+# Settings in gunicorn.conf.py; GUNICORN_CMD_ARGS overrides them.
+CMD ["gunicorn", "portal.wsgi:application"]

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean-var chromium
+.PHONY: demo test lint install static clean-var chromium
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ chromium:
 	  || apt-get install -y -q chromium >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
 	  || echo "chromium could not be installed: the browser tests will be skipped"
+
+# Static files as production serves them (the Dockerfile runs the same script).
+static: $(STAMP)
+	PYTHON=$(PY) scripts/build-static
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

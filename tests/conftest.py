@@ -1,5 +1,6 @@
 """Shared fixtures: roles, a case with a synthetic slide, the embedded or CI Redis."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,43 @@ def finished_run(slide, shipped_models):
     execute_run(run.pk)
     run.refresh_from_db()
     return run
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for a server or worker process that uses this test's database (and,
+    through the inherited environment, its Redis and var/)."""
+    from django.db import connection
+
+    db = settings.DATABASES["default"]
+    if connection.vendor == "sqlite":
+        url = f"sqlite:///{db['NAME']}"
+    else:
+        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+        url = f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    return {**os.environ, "DATABASE_URL": url}
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """Headless chromium (Debian's) driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import ARTIFACTS, CHROMIUM
+
+    # Playwright's sync API keeps an event loop in this thread; the ORM must still run here.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()

@@ -3,77 +3,22 @@ queue, case, viewer with tiles and findings, a keyboard decision, the hotspot bu
 an admin's CSV export. Screenshots go to test-artifacts/."""
 
 import os
-import shutil
-import time
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from cases.models import Decision
-from tests.conftest import PASSWORD
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
+from tests.browser import ARTIFACTS, CHROMIUM, SKIP_REASON, sign_in, wait_until
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM),
-        reason="no chromium: `make test` installs Debian's chromium where apt-get can run",
-    ),
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=SKIP_REASON),
 ]
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the ORM must still run here.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
-
-
-def wait_until(page, expression: str, timeout: float = 20.0) -> None:
-    """Poll a JavaScript expression until it is true. (Playwright's wait_for_function
-    compiles its predicate with eval, which the pages' Content-Security-Policy forbids.)"""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
-        page.wait_for_timeout(100)
-
-
-def sign_in(browser, live_server, username):
-    page = browser.new_page(viewport={"width": 1500, "height": 900}, accept_downloads=True)
-    errors = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{live_server.url}/")
-    return page, errors
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_pathologist_reviews_with_the_keyboard(browser, live_server, pathologist, reviewed_slide):
-    page, errors = sign_in(browser, live_server, pathologist.username)
+    page, errors = sign_in(browser, live_server.url, pathologist.username)
     case = reviewed_slide.case
     page.click(f"text={case.accession}")
     page.wait_for_selector("text=Sign-out")
@@ -121,7 +66,7 @@ def test_an_admin_exports_the_audit_csv(
     from cases.review import decide
 
     decide(finding, pathologist, "disagree", reason="lookalike")
-    page, errors = sign_in(browser, live_server, lab_admin.username)
+    page, errors = sign_in(browser, live_server.url, lab_admin.username)
     page.click("text=Audit export")
     page.screenshot(path=ARTIFACTS / "audit_export.png")
     with page.expect_download() as download:

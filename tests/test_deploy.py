@@ -44,7 +44,12 @@ def test_docker_compose_config_validates(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_the_image_collects_static_files_and_runs_gunicorn():
+def test_the_image_builds_static_files_the_tested_way_and_runs_gunicorn():
+    """tests/test_production.py drives exactly this build script and this command."""
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "collectstatic" in dockerfile and "gunicorn" in dockerfile
+    assert "RUN scripts/build-static" in dockerfile
+    assert 'CMD ["gunicorn", "portal.wsgi:application"]' in dockerfile
     assert "USER mitolens" in dockerfile
+    config = {}
+    exec((ROOT / "gunicorn.conf.py").read_text(), config)
+    assert config["control_socket_disable"] and config["preload_app"]
