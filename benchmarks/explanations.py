@@ -29,7 +29,7 @@ from inference.engine.attribution import (  # noqa: E402
     explain_crop,
 )
 from inference.engine.model_io import load_classifier  # noqa: E402
-from inference.engine.synth import PHASES, render_figure_crop  # noqa: E402
+from inference.tools.synth import PHASES, render_figure_crop  # noqa: E402
 
 
 def measure(model, crops, settings):

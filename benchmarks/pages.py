@@ -33,8 +33,8 @@ def setup(cases: int, findings: int):
 
     from cases.models import Case, CaseAssignment, Patient
     from cases.registration import register_slide
-    from inference.engine.synth import generate_slide
     from inference.models import Finding, InferenceRun, ModelVersion
+    from inference.tools.synth import generate_slide
 
     call_command("migrate", verbosity=0)
     user = User.objects.create_user("reader", password="x")

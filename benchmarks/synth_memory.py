@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.engine import synth  # noqa: E402
+from inference.tools import synth  # noqa: E402
 
 
 def _cpu_model() -> str:

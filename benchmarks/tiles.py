@@ -196,7 +196,7 @@ def wait_until_up(port: int, process: subprocess.Popen) -> None:
             # A bound socket is not a server that answers: wait for a worker's reply.
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             connection.request("GET", "/healthz")
-            if connection.getresponse().status in (200, 404):
+            if connection.getresponse().status in (200, 404, 503):  # 503: no workers here
                 return
         except OSError:
             pass
@@ -244,7 +244,7 @@ def prerender(slide_id: int, tile_dir: Path) -> dict:
     from cases.tiles import prerender_slide
 
     start = time.perf_counter()
-    tiles = prerender_slide(slide_id)
+    tiles = prerender_slide(slide_id).rendered
     seconds = time.perf_counter() - start
     size = sum(file.stat().st_size for file in tile_dir.rglob("*.jpeg"))
     return {"tiles": tiles, "seconds": seconds, "mib": size / 1024**2}
@@ -256,7 +256,7 @@ def main() -> None:
     (work / "import").mkdir()
     slide_path = args.slide
     if slide_path is None:
-        from inference.engine.synth import generate_slide
+        from inference.tools.synth import generate_slide
 
         width, height = (int(v) for v in args.size.split("x"))
         slide_path = work / "import" / "bench.tiff"

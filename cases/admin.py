@@ -69,6 +69,7 @@ class SlideAdmin(admin.ModelAdmin):
         "mpp_x",
         "mpp_y",
         "objective_power",
+        "damaged_tiles",
         "uploaded_by",
         "created_at",
     ]
@@ -85,6 +86,7 @@ class SlideAdmin(admin.ModelAdmin):
         "mpp_x",
         "mpp_y",
         "objective_power",
+        "damaged_tiles",
         "uploaded_by",
         "created_at",
     ]

@@ -14,6 +14,7 @@ from inference.models import ModelVersion
 
 from . import audit
 from .exports import ExportFilters, csv_lines
+from .forms import validate_date_range
 from .models import Case, is_lab_admin
 from .stats import agreement_statistics
 
@@ -29,8 +30,16 @@ def lab_admin_required(view):
 
 
 class ExportForm(forms.Form):
-    date_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    date_from = forms.DateField(
+        required=False,
+        validators=[validate_date_range],
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
+    date_to = forms.DateField(
+        required=False,
+        validators=[validate_date_range],
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
     case = forms.ModelChoiceField(
         Case.objects.all(), required=False, to_field_name="accession", empty_label="All cases"
     )
@@ -61,7 +70,8 @@ def audit_export(request):
     """The export form; with ``download`` set, the CSV itself, streamed."""
     form = ExportForm(request.GET or None)
     if "download" not in request.GET or not form.is_valid():
-        return render(request, "cases/audit_export.html", {"form": form})
+        status = 400 if form.is_bound and form.errors else 200
+        return render(request, "cases/audit_export.html", {"form": form}, status=status)
     filters = form.filters()
     audit.record("audit_export", actor=request.user, request=request, details=filters.as_dict())
     response = StreamingHttpResponse(csv_lines(filters), content_type="text/csv; charset=utf-8")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
@@ -21,7 +21,9 @@ from inference import services as ai
 from inference.models import Finding
 
 from . import audit, review
+from .api_params import id_field, parsed
 from .exports import ExportFilters, csv_lines
+from .forms import validate_date_range
 from .models import Case, Decision, Slide, is_lab_admin
 from .registration import SlideRejected, register_slide
 
@@ -34,7 +36,7 @@ class SlideSerializer(serializers.ModelSerializer):
         fields = [
             "id", "case", "original_name", "label", "sha256", "size_bytes", "vendor", "width",
             "height", "level_count", "mpp_x", "mpp_y", "mpp_override", "mpp", "objective_power",
-            "created_at",
+            "damaged_tiles", "created_at",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -62,7 +64,9 @@ class DecisionSerializer(serializers.ModelSerializer):
         [("", "none"), *Finding.Phase.choices], required=False, default=""
     )
     reason = serializers.ChoiceField(Decision.Reason.choices, required=False, default="")
-    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    comment = serializers.CharField(
+        required=False, allow_blank=True, default="", validators=[review.validate_comment]
+    )
 
     class Meta:
         model = Decision
@@ -74,8 +78,10 @@ class DecisionSerializer(serializers.ModelSerializer):
 
 
 class SignOutSerializer(serializers.Serializer):
-    final_mitotic_count = serializers.IntegerField(min_value=0, max_value=100000)
-    final_grade = serializers.CharField(max_length=64, allow_blank=True, default="")
+    final_mitotic_count = serializers.IntegerField(min_value=0, max_value=review.MAX_FINAL_COUNT)
+    final_grade = serializers.CharField(
+        max_length=review.FINAL_GRADE_MAX_CHARS, allow_blank=True, default=""
+    )
 
 
 class UploadSerializer(serializers.Serializer):
@@ -87,6 +93,21 @@ class AddedFindingSerializer(serializers.Serializer):
     x = serializers.FloatField(min_value=0)
     y = serializers.FloatField(min_value=0)
     phase = serializers.ChoiceField([p for p in review.MITOTIC_PHASES])
+
+
+class CaseFilters(serializers.Serializer):
+    status = serializers.ChoiceField(Case.Status.choices, required=False)
+    accession = serializers.CharField(
+        required=False, max_length=32, help_text="part of the accession"
+    )
+
+
+class AuditExportFilters(serializers.Serializer):
+    date_from = serializers.DateField(required=False, validators=[validate_date_range])
+    date_to = serializers.DateField(required=False, validators=[validate_date_range])
+    case = serializers.CharField(required=False, max_length=32, help_text="accession")
+    pathologist = serializers.CharField(required=False, max_length=150, help_text="username")
+    model_version = id_field(required=False)
 
 
 def raise_refusal(refusal: review.ReviewRefused):
@@ -113,18 +134,16 @@ class CaseViewSet(viewsets.ReadOnlyModelViewSet):
             .prefetch_related("pathologists", "slides")
             .order_by("priority", "created_at")
         )
-        if status_filter := self.request.query_params.get("status"):
-            cases = cases.filter(status=status_filter)
-        if accession := self.request.query_params.get("accession"):
-            cases = cases.filter(accession__icontains=accession)
+        if self.action != "list":
+            return cases
+        filters = parsed(CaseFilters, self.request.query_params)
+        if "status" in filters:
+            cases = cases.filter(status=filters["status"])
+        if "accession" in filters:
+            cases = cases.filter(accession__icontains=filters["accession"])
         return cases
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("status", str, enum=Case.Status.values),
-            OpenApiParameter("accession", str, description="part of the accession"),
-        ]
-    )
+    @extend_schema(parameters=[CaseFilters])
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
@@ -228,20 +247,11 @@ class AuditExportView(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("date_from", str, description="YYYY-MM-DD"),
-            OpenApiParameter("date_to", str, description="YYYY-MM-DD"),
-            OpenApiParameter("case", str, description="accession"),
-            OpenApiParameter("pathologist", str, description="username"),
-            OpenApiParameter("model_version", int),
-        ],
-        responses={(200, "text/csv"): str},
-    )
+    @extend_schema(parameters=[AuditExportFilters], responses={(200, "text/csv"): str})
     def get(self, request):
         if not is_lab_admin(request.user):
             raise PermissionDenied("Only lab admins can export the audit report.")
-        filters = _export_filters(request.query_params)
+        filters = ExportFilters(**parsed(AuditExportFilters, request.query_params))
         audit.record(
             "audit_export",
             actor=request.user,
@@ -249,21 +259,3 @@ class AuditExportView(APIView):
             details={**filters.as_dict(), "via": "api"},
         )
         return StreamingHttpResponse(csv_lines(filters), content_type="text/csv; charset=utf-8")
-
-
-def _export_filters(params) -> ExportFilters:
-    from datetime import date
-
-    try:
-        dates = {
-            k: date.fromisoformat(params[k]) for k in ("date_from", "date_to") if params.get(k)
-        }
-        model_version = int(params["model_version"]) if params.get("model_version") else None
-    except ValueError as error:
-        raise ValidationError({"detail": f"bad filter: {error}"}) from None
-    return ExportFilters(
-        case=params.get("case", ""),
-        pathologist=params.get("pathologist", ""),
-        model_version=model_version,
-        **dates,
-    )

@@ -29,10 +29,44 @@ from pathlib import Path
 import openslide
 from django.conf import settings
 from openslide.deepzoom import DeepZoomGenerator
+from PIL import Image
 
-from inference.engine.tiled_tiff import TiledTiffSlide
+from inference.engine.slide_io import CHUNK_PX, downscaled_region
+from inference.engine.tiled_tiff import ReadTooLarge, TiledTiffSlide
 
 log = logging.getLogger(__name__)
+
+
+class BoundedDeepZoomGenerator(DeepZoomGenerator):
+    """OpenSlide's DeepZoomGenerator, except that the tiles of Deep Zoom levels zoomed out
+    past the slide's levels, whose source regions are larger than a chunk, are read in
+    chunks (same pixels: slide_io.downscaled_region)."""
+
+    def __init__(self, osr: openslide.AbstractSlide, *args, **kwargs) -> None:
+        super().__init__(osr, *args, **kwargs)
+        # Decided once per level, so serving a tile costs a set lookup.
+        self._chunked = {
+            level for level in range(self.level_count) if self._largest_read(level) > CHUNK_PX**2
+        }
+
+    def get_tile(self, level: int, address: tuple[int, int]) -> Image.Image:
+        """The RGB tile at ``address`` (col, row) of Deep Zoom ``level``."""
+        if level not in self._chunked:
+            return super().get_tile(level, address)
+        (location, slide_level, size), tile_size = self._get_tile_info(level, address)
+        return downscaled_region(self._osr, location, slide_level, size, tile_size)
+
+    def _largest_read(self, level: int) -> int:
+        """Pixels of the largest source region a tile of ``level`` reads: the first tile's
+        or an inner one's (overlap on every side)."""
+        cols, rows = self.level_tiles[level]
+        inner = (min(1, cols - 1), min(1, rows - 1))
+        sizes = [self._get_tile_info(level, address)[0][2] for address in ((0, 0), inner)]
+        return max(width * height for width, height in sizes)
+
+
+class TileUndecodable(Exception):
+    """The slide file's data for this tile cannot be decoded: the file is damaged."""
 
 
 @dataclass(frozen=True)
@@ -67,10 +101,16 @@ class SlideHandles:
                 self._open.popitem(last=False)
         return opened
 
+    def forget(self, path: Path, opened: OpenedSlide) -> None:
+        """Drop ``opened`` (if still the open handle of ``path``): the next read reopens."""
+        with self._lock:
+            if self._open.get(str(path)) is opened:
+                del self._open[str(path)]
+
     def _open_slide(self, path: Path) -> OpenedSlide:
         slide = TiledTiffSlide(path, cache_bytes=self.tile_cache_bytes)
         slide.set_cache(self.shared_cache)
-        deepzoom = DeepZoomGenerator(
+        deepzoom = BoundedDeepZoomGenerator(
             slide,
             tile_size=settings.DEEPZOOM_TILE_SIZE,
             overlap=settings.DEEPZOOM_OVERLAP,
@@ -134,8 +174,27 @@ class TileGrants:
             self._ended[session_key] = now + self.ttl
 
 
+class DamageLog:
+    """Tiles found undecodable while serving, per slide file (sha256), in this process;
+    ``add`` answers the slide's new count only when it grows, so a viewer retrying a bad
+    tile does not write to the database on every request."""
+
+    def __init__(self) -> None:
+        self._bad: dict[str, set[tuple[int, int, int]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, sha256: str, level: int, col: int, row: int) -> int | None:
+        with self._lock:
+            bad = self._bad.setdefault(sha256, set())
+            if (level, col, row) in bad:
+                return None
+            bad.add((level, col, row))
+            return len(bad)
+
+
 handles = SlideHandles(settings.SLIDE_CACHE_SLIDES, settings.SLIDE_CACHE_BYTES)
 tile_grants = TileGrants(settings.TILE_GRANT_SECONDS)
+damage_log = DamageLog()
 
 
 def encode_jpeg(image) -> bytes:
@@ -195,10 +254,21 @@ def _store(file: Path, data: bytes) -> None:
         raise TileCacheUnwritable(f"Tiles cannot be cached at {file}: {error}") from error
 
 
-def _render(
-    deepzoom: DeepZoomGenerator, source: TileSource, level: int, col: int, row: int
-) -> bytes:
-    data = encode_jpeg(deepzoom.get_tile(level, (col, row)))
+def _tile_jpeg(path: Path, opened: OpenedSlide, level: int, col: int, row: int) -> bytes:
+    """Render one tile of ``opened`` (the open handle of ``path``). Raises TileUndecodable
+    when the file's data for it cannot be decoded (ReadTooLarge propagates as it is)."""
+    try:
+        return encode_jpeg(opened.deepzoom.get_tile(level, (col, row)))
+    except ReadTooLarge:
+        raise
+    except openslide.OpenSlideError as error:
+        # OpenSlide fails every later read of a handle once one has failed: reopen.
+        handles.forget(path, opened)
+        raise TileUndecodable(f"tile {col}_{row} of level {level}: {error}") from error
+
+
+def _render(opened: OpenedSlide, source: TileSource, level: int, col: int, row: int) -> bytes:
+    data = _tile_jpeg(source.path, opened, level, col, row)
     try:
         _store(tile_file(source.sha256, level, col, row), data)
     except TileCacheUnwritable as error:  # a viewer still gets the tile
@@ -209,18 +279,20 @@ def _render(
 
 
 def render_tile(source: TileSource, level: int, col: int, row: int) -> bytes | None:
-    """The JPEG bytes of one Deep Zoom tile, or None when the address is out of range."""
+    """The JPEG bytes of one Deep Zoom tile, or None when the address is out of range.
+    Raises TileUndecodable for a tile the file's data cannot give."""
     try:
         return tile_file(source.sha256, level, col, row).read_bytes()
     except OSError:  # not rendered yet, or an unusable cache: render it
         pass
-    deepzoom = handles.get(source.path).deepzoom
+    opened = handles.get(source.path)
+    deepzoom = opened.deepzoom
     if not (0 <= level < deepzoom.level_count):
         return None
     cols, rows = deepzoom.level_tiles[level]
     if not (0 <= col < cols and 0 <= row < rows):
         return None
-    return _render(deepzoom, source, level, col, row)
+    return _render(opened, source, level, col, row)
 
 
 def pyramid_addresses(deepzoom: DeepZoomGenerator, skip_top: int = 0) -> list[tuple[int, int, int]]:
@@ -234,22 +306,35 @@ def pyramid_addresses(deepzoom: DeepZoomGenerator, skip_top: int = 0) -> list[tu
     ]
 
 
+@dataclass(frozen=True)
+class Prerendered:
+    rendered: int  # tiles rendered and stored
+    undecodable: int  # tiles the file's data cannot give (never cached: counted each pass)
+
+
 def prerender(
     source: TileSource,
     skip_top: int = 0,
     progress: Callable[[Iterable], Iterable] = iter,
-) -> int:
-    """Render the slide's tiles that are not cached yet; returns how many it rendered.
-    Raises TileCacheUnwritable at the first tile it cannot store."""
+) -> Prerendered:
+    """Render the slide's tiles that are not cached yet, counting those that cannot be
+    decoded. Raises TileCacheUnwritable at the first tile it cannot store."""
     deepzoom = handles.get(source.path).deepzoom
-    rendered = 0
+    rendered = undecodable = 0
     for level, col, row in progress(pyramid_addresses(deepzoom, skip_top)):
         file = tile_file(source.sha256, level, col, row)
-        if not file.exists():
-            _store(file, encode_jpeg(deepzoom.get_tile(level, (col, row))))
-            rendered += 1
+        if file.exists():
+            continue
+        try:
+            data = _tile_jpeg(source.path, handles.get(source.path), level, col, row)
+        except TileUndecodable as error:
+            log.warning("%s: %s", source.sha256[:12], error)
+            undecodable += 1
+            continue
+        _store(file, data)
+        rendered += 1
     mark_viewed(source.sha256)
-    return rendered
+    return Prerendered(rendered, undecodable)
 
 
 def mark_viewed(sha256: str) -> None:

@@ -150,6 +150,11 @@ class Slide(models.Model):
     )
     objective_power = models.FloatField(null=True, blank=True)
     label = models.CharField(max_length=64, blank=True, help_text="e.g. block and stain")
+    damaged_tiles = models.PositiveIntegerField(
+        default=0,
+        help_text="Deep Zoom tiles whose data in the file cannot be decoded (found by "
+        "pre-rendering or by the viewer); the AI does not run on a damaged slide.",
+    )
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
     )

@@ -11,6 +11,8 @@ import openslide
 from django.conf import settings
 from django.db import transaction
 
+from inference.engine.slide_io import read_bounds_problem
+
 from .models import Case, Slide
 
 
@@ -42,9 +44,11 @@ TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
 def inspect_slide(path: Path, name: str | None = None) -> SlideInfo:
-    """Open a file with OpenSlide and read its geometry; decode its corners to catch truncation.
+    """Open a file with OpenSlide and read its geometry; refuse it if its reads cannot be
+    bounded in memory (slide_io.read_bounds_problem); decode its corners to catch truncation.
 
-    ``name`` is how the file is called in messages (an upload's original name).
+    ``name`` is how the file is called in messages (an upload's original name); they never
+    show the path it has on the server.
     """
     name = name or path.name
     if openslide.OpenSlide.detect_format(path) is None:
@@ -54,6 +58,11 @@ def inspect_slide(path: Path, name: str | None = None) -> SlideInfo:
         raise SlideRejected(f"{name}: not a whole-slide image format OpenSlide can read")
     try:
         with openslide.OpenSlide(path) as slide:
+            problem = read_bounds_problem(
+                slide.level_dimensions, slide.level_downsamples, path.stat().st_size
+            )
+            if problem:
+                raise SlideRejected(f"{name}: refused because {problem}")
             _decode_samples(slide)
             props = slide.properties
             width, height = slide.dimensions
@@ -67,7 +76,16 @@ def inspect_slide(path: Path, name: str | None = None) -> SlideInfo:
                 objective_power=_float_property(props, openslide.PROPERTY_NAME_OBJECTIVE_POWER),
             )
     except openslide.OpenSlideError as error:
-        raise SlideRejected(f"{name}: the slide is damaged or incomplete ({error})") from None
+        reason = _without_path(str(error), path, name)
+        raise SlideRejected(f"{name}: the slide is damaged or incomplete ({reason})") from None
+
+
+def _without_path(message: str, path: Path, name: str) -> str:
+    """The library's message with the file's server path (which OpenSlide's messages may
+    include) replaced by the name the user knows it by."""
+    for server_name in (str(path.resolve()), str(path), path.name):
+        message = message.replace(server_name, name)
+    return message
 
 
 def _decode_samples(slide: openslide.OpenSlide) -> None:

@@ -5,6 +5,7 @@ Every change here is recorded in the audit log in the same transaction.
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
@@ -17,6 +18,9 @@ from .models import Case, CaseAssignment, Decision, Slide
 
 MITOTIC_PHASES = ("prophase", "metaphase", "anaphase", "telophase")
 ADDED_FINDING_RADIUS_UM = 5.0
+COMMENT_MAX_CHARS = Decision._meta.get_field("comment").max_length
+FINAL_GRADE_MAX_CHARS = Case._meta.get_field("final_grade").max_length
+MAX_FINAL_COUNT = 100_000  # per 10 HPF; far above any real count, well inside the column
 
 
 class ReviewRefused(Exception):
@@ -26,6 +30,15 @@ class ReviewRefused(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+def validate_comment(comment: str) -> None:
+    """The one rule for a decision's comment, shared by the page form, the API and
+    ``decide``: too long is refused, never cut."""
+    if len(comment) > COMMENT_MAX_CHARS:
+        raise ValidationError(
+            f"The comment is {len(comment):,} characters long; the limit is {COMMENT_MAX_CHARS:,}."
+        )
 
 
 def may_review(user, case: Case) -> bool:
@@ -71,6 +84,11 @@ def decide(
         raise ReviewRefused(f"Unknown phase {corrected_phase!r}.")
     if reason not in Decision.Reason.values:
         raise ReviewRefused(f"Unknown reason {reason!r}.")
+    comment = comment.strip()
+    try:
+        validate_comment(comment)
+    except ValidationError as error:
+        raise ReviewRefused(error.messages[0]) from None
     if corrected_phase == finding.phase:
         corrected_phase = ""
     with transaction.atomic():
@@ -83,7 +101,7 @@ def decide(
             verdict=verdict,
             corrected_phase=corrected_phase,
             reason=reason,
-            comment=comment.strip()[:2000],
+            comment=comment,
             blinded=case.blinded,
         )
         _start_review(case)
@@ -167,13 +185,17 @@ def sign_out(case: Case, user, final_count: int, final_grade: str, request=None)
     """Sign the case out with its final count and grade; it becomes read-only."""
     if final_count < 0:
         raise ReviewRefused("The final mitotic count cannot be negative.")
+    if final_count > MAX_FINAL_COUNT:
+        raise ReviewRefused(f"The final mitotic count cannot be over {MAX_FINAL_COUNT:,}.")
+    if len(final_grade) > FINAL_GRADE_MAX_CHARS:
+        raise ReviewRefused(f"The grade can be at most {FINAL_GRADE_MAX_CHARS} characters.")
     with transaction.atomic():
         locked = _locked_open_case(case.pk)
         if not may_review(user, locked):
             raise ReviewRefused("Only a pathologist assigned to this case can sign it out.", 403)
         locked.status = Case.Status.SIGNED_OUT
         locked.signed_out_by, locked.signed_out_at = user, timezone.now()
-        locked.final_mitotic_count, locked.final_grade = final_count, final_grade[:64]
+        locked.final_mitotic_count, locked.final_grade = final_count, final_grade
         locked.save()
         audit.record(
             "sign_out",

@@ -4,6 +4,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
 
 from inference import services as ai
@@ -11,8 +12,17 @@ from inference.models import Finding
 
 from . import audit, review
 from .exports import findings_geojson
+from .forms import (
+    AddedFindingForm,
+    DecisionForm,
+    ReopenForm,
+    SignOutForm,
+    flash_errors,
+    form_refusal,
+)
 from .models import Decision, is_lab_admin
 from .services import blinded_for, visible_case, visible_slide
+from .views import case_page
 
 
 def _visible_finding(request, finding_id: int) -> Finding:
@@ -70,16 +80,11 @@ def review_state(request, slide_id: int):
 def decide(request, finding_id: int):
     """Record a decision (form fields verdict, corrected_phase, reason, comment)."""
     finding = _visible_finding(request, finding_id)
+    form = DecisionForm(request.POST)
+    if not form.is_valid():
+        return form_refusal(form)
     try:
-        decision = review.decide(
-            finding,
-            request.user,
-            request.POST.get("verdict", ""),
-            corrected_phase=request.POST.get("corrected_phase", ""),
-            reason=request.POST.get("reason", ""),
-            comment=request.POST.get("comment", ""),
-            request=request,
-        )
+        decision = review.decide(finding, request.user, **form.cleaned_data, request=request)
     except review.ReviewRefused as refusal:
         return _refusal(str(refusal), refusal.status)
     return JsonResponse(
@@ -105,14 +110,11 @@ def decision_history(request, finding_id: int):
 def add_finding(request, slide_id: int):
     """Add a mitosis the AI missed at level-0 (x, y) with its phase."""
     slide = visible_slide(request, slide_id)
+    form = AddedFindingForm(request.POST)
+    if not form.is_valid():
+        return form_refusal(form)
     try:
-        x, y = float(request.POST["x"]), float(request.POST["y"])
-    except (KeyError, ValueError):
-        return _refusal("Give the position as numbers x and y (level-0 pixels).")
-    try:
-        finding = review.add_finding(
-            slide, request.user, x, y, request.POST.get("phase", ""), request=request
-        )
+        finding = review.add_finding(slide, request.user, **form.cleaned_data, request=request)
     except review.ReviewRefused as refusal:
         return _refusal(str(refusal), refusal.status)
     return JsonResponse(
@@ -128,16 +130,18 @@ def add_finding(request, slide_id: int):
 @require_POST
 def sign_out(request, case_id: int):
     case = visible_case(request, case_id)
-    if request.POST.get("confirm") != "yes":
-        messages.error(request, "Tick the confirmation to sign the case out.")
-        return redirect(case)
+    form = SignOutForm(request.POST)
+    if not form.is_valid():
+        flash_errors(request, form)
+        return case_page(request, case, status=400)
     try:
-        count = int(request.POST.get("final_mitotic_count", ""))
         review.sign_out(
-            case, request.user, count, request.POST.get("final_grade", ""), request=request
+            case,
+            request.user,
+            form.cleaned_data["final_mitotic_count"],
+            form.cleaned_data["final_grade"],
+            request=request,
         )
-    except ValueError:
-        messages.error(request, "The final mitotic count must be a whole number.")
     except review.ReviewRefused as refusal:
         messages.error(request, str(refusal))
     else:
@@ -150,8 +154,12 @@ def reopen(request, case_id: int):
     if not is_lab_admin(request.user):
         raise PermissionDenied("Only lab admins can reopen a signed-out case.")
     case = visible_case(request, case_id)
+    form = ReopenForm(request.POST)
+    if not form.is_valid():
+        flash_errors(request, form)
+        return case_page(request, case, status=400)
     try:
-        review.reopen(case, request.user, request.POST.get("reason", ""), request=request)
+        review.reopen(case, request.user, form.cleaned_data["reason"], request=request)
     except review.ReviewRefused as refusal:
         messages.error(request, str(refusal))
     else:
@@ -181,5 +189,8 @@ def slide_geojson(request, slide_id: int):
     )
     response = JsonResponse(findings_geojson(findings, by_finding))
     name = slide.original_name.rsplit(".", 1)[0]
-    response["Content-Disposition"] = f'attachment; filename="{name}-findings.geojson"'
+    # the name is the uploader's: quotes, newlines or non-ASCII are escaped, never pasted
+    response["Content-Disposition"] = content_disposition_header(
+        as_attachment=True, filename=f"{name}-findings.geojson"
+    )
     return response

@@ -16,16 +16,26 @@ log = logging.getLogger(__name__)
 SKIPPED_TOP_LEVELS = {"all": 0, "overview": 2}
 
 
-def prerender_slide(slide_id: int, progress=iter) -> int:
-    """Render a slide's uncached tiles (as TILE_PRERENDER says), then prune the cache.
-    Returns the number of tiles rendered; a slide deleted meanwhile renders none."""
+def prerender_slide(slide_id: int, progress=iter) -> deepzoom.Prerendered:
+    """Render a slide's uncached tiles (as TILE_PRERENDER says), record the tiles found
+    undecodable on the slide, then prune the cache. A slide deleted meanwhile renders none."""
     slide = Slide.objects.filter(pk=slide_id).only("file", "sha256").first()
     if slide is None or settings.TILE_PRERENDER not in SKIPPED_TOP_LEVELS:
-        return 0
+        return deepzoom.Prerendered(0, 0)
     source = deepzoom.TileSource(slide.path, slide.sha256)
-    rendered = deepzoom.prerender(source, SKIPPED_TOP_LEVELS[settings.TILE_PRERENDER], progress)
+    done = deepzoom.prerender(source, SKIPPED_TOP_LEVELS[settings.TILE_PRERENDER], progress)
+    record_damage(slide.sha256, done.undecodable)
     prune_tile_cache()
-    return rendered
+    return done
+
+
+def record_damage(sha256: str, undecodable: int) -> None:
+    """Mark the slides stored as this file damaged, with ``undecodable`` bad tiles; a count
+    never goes down (the file cannot change), and an unchanged one writes nothing."""
+    if undecodable:
+        Slide.objects.filter(sha256=sha256, damaged_tiles__lt=undecodable).update(
+            damaged_tiles=undecodable
+        )
 
 
 def prune_tile_cache() -> int:
@@ -33,6 +43,14 @@ def prune_tile_cache() -> int:
     recently viewed ones. Returns how many slides' tiles were removed."""
     registered = set(Slide.objects.values_list("sha256", flat=True))
     return len(deepzoom.prune(registered, settings.TILE_CACHE_MAX_BYTES))
+
+
+def note_undecodable(sha256: str, level: int, col: int, row: int) -> None:
+    """Record a tile found undecodable while serving (one write per newly seen tile in a
+    process, none for a viewer asking for the same bad tile again)."""
+    count = deepzoom.damage_log.add(sha256, level, col, row)
+    if count:
+        record_damage(sha256, count)
 
 
 def queue_prerender(slide: Slide) -> None:

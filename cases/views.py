@@ -1,5 +1,6 @@
 """Pages and Deep Zoom endpoints for cases and slides."""
 
+import logging
 from functools import wraps
 from pathlib import Path
 
@@ -11,21 +12,31 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
-from django.http import Http404, HttpResponse, HttpResponseNotModified
+from django.http import Http404, HttpResponse, HttpResponseBadRequest, HttpResponseNotModified
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET, require_POST
 
 from inference import services as inference_services
+from inference.engine.slide_io import thumbnail
+from inference.engine.tiled_tiff import ReadTooLarge
 from inference.models import Finding
 
-from . import audit, deepzoom, review
-from .forms import QueueFilterForm, SlideUploadForm
+from . import audit, deepzoom, review, tiles
+from .forms import (
+    QueueFilterForm,
+    SlideUploadForm,
+    ThumbnailForm,
+    error_sentences,
+    flash_errors,
+)
 from .models import Case, Decision, Slide, is_lab_admin
 from .registration import SlideRejected, register_slide
 from .services import visible_case, visible_slide
 
 TILE_CACHE_SECONDS = 7 * 24 * 3600
+
+log = logging.getLogger(__name__)
 
 
 @require_GET
@@ -38,9 +49,12 @@ def queue(request):
         .prefetch_related("pathologists")
         .order_by("priority", "created_at")
     )
-    status, query = "", ""
+    status, query, page_number = "", "", 1
     if form.is_valid():
         status, query = form.cleaned_data["status"], form.cleaned_data["q"].strip()
+        page_number = form.cleaned_data["page"] or 1
+    elif form.is_bound:
+        flash_errors(request, form)
     if status == "":
         cases = cases.exclude(status=Case.Status.SIGNED_OUT)
     elif status != "all":
@@ -49,12 +63,13 @@ def queue(request):
         cases = cases.filter(
             Q(accession__icontains=query) | Q(patient__external_ref__icontains=query)
         )
-    page = Paginator(cases, 50).get_page(request.GET.get("page"))
+    page = Paginator(cases, 50).get_page(page_number)
     _attach_review_status(list(page), request.user)
     return render(
         request,
         "cases/queue.html",
         {"form": form, "page": page, "is_admin": is_lab_admin(request.user)},
+        status=400 if form.errors else 200,
     )
 
 
@@ -82,7 +97,12 @@ def _attach_review_status(cases: list[Case], user) -> None:
 
 @require_GET
 def case_detail(request, case_id: int):
-    case = visible_case(request, case_id)
+    return case_page(request, visible_case(request, case_id))
+
+
+def case_page(request, case: Case, status: int = 200):
+    """The case page; a refused form posted from it renders it again with status 400
+    and the form's problems as messages."""
     runs = inference_services.runs_for_case(case)
     slides = list(case.slides.all())
     for slide in slides:
@@ -97,7 +117,7 @@ def case_detail(request, case_id: int):
         "is_admin": is_lab_admin(request.user),
         "upload_form": SlideUploadForm(),
     }
-    return render(request, "cases/case_detail.html", context)
+    return render(request, "cases/case_detail.html", context, status=status)
 
 
 def _sign_out_defaults(case: Case, slides) -> dict:
@@ -130,9 +150,8 @@ def upload_slide(request, case_id: int):
     case = visible_case(request, case_id)
     form = SlideUploadForm(request.POST, request.FILES)
     if not form.is_valid():
-        for error in form.errors.get("file", []) + form.errors.get("label", []):
-            messages.error(request, error)
-        return redirect(case)
+        flash_errors(request, form)
+        return case_page(request, case, status=400)
     upload = form.cleaned_data["file"]
     try:
         slide = register_slide(
@@ -144,10 +163,10 @@ def upload_slide(request, case_id: int):
         )
     except SlideRejected as rejection:
         messages.error(request, f"Slide refused: {rejection}")
-    else:
-        messages.success(
-            request, f"Registered {slide.original_name} ({slide.width}×{slide.height} px)."
-        )
+        return case_page(request, case, status=400)
+    messages.success(
+        request, f"Registered {slide.original_name} ({slide.width}×{slide.height} px)."
+    )
     return redirect(case)
 
 
@@ -173,18 +192,24 @@ def _cached_image_response(request, etag: str, render_bytes) -> HttpResponse:
 
 
 def slide_file_errors(view):
-    """A slide file that went missing or unreadable on disk answers 503, not a 500."""
+    """A slide file that went missing or unreadable on disk, or a read past the memory
+    bound, answers 503, not a 500 (and never with the server's path to the file)."""
 
     @wraps(view)
     def wrapper(request, *args, **kwargs):
         try:
             return view(request, *args, **kwargs)
+        except ReadTooLarge as error:
+            return _unavailable(f"The slide cannot be shown: {error}.")
         except (openslide.OpenSlideError, OSError) as error:
-            return HttpResponse(
-                f"The slide file cannot be read: {error}", status=503, content_type="text/plain"
-            )
+            log.warning("Slide file unreadable (%s): %s", request.path, error)
+            return _unavailable("The slide file cannot be read.")
 
     return wrapper
+
+
+def _unavailable(message: str) -> HttpResponse:
+    return HttpResponse(message, status=503, content_type="text/plain")
 
 
 def _tile_slide(request, slide_id: int) -> Slide:
@@ -230,21 +255,27 @@ def slide_tile(request, slide_id: int, level: int, col: int, row: int):
     if slide is None:
         return redirect_to_login(request.get_full_path())
     etag = deepzoom.tile_etag(slide.sha256, level, col, row)
-    return _cached_image_response(
-        request, etag, lambda: deepzoom.render_tile(slide, level, col, row)
-    )
+    try:
+        return _cached_image_response(
+            request, etag, lambda: deepzoom.render_tile(slide, level, col, row)
+        )
+    except deepzoom.TileUndecodable:
+        tiles.note_undecodable(slide.sha256, level, col, row)
+        return _unavailable("This part of the slide cannot be decoded: the slide file is damaged.")
 
 
 @require_GET
 @slide_file_errors
 def slide_thumbnail(request, slide_id: int):
     slide = _tile_slide(request, slide_id)
-    size = 400 if request.GET.get("size") != "small" else 160
+    form = ThumbnailForm(request.GET)
+    if not form.is_valid():
+        return HttpResponseBadRequest(error_sentences(form)[0], content_type="text/plain")
+    size = 160 if form.cleaned_data["size"] == "small" else 400
     etag = f'"{slide.sha256[:24]}-thumb-{size}"'
 
     def render_thumbnail():
-        image = deepzoom.handles.get(slide.path).slide.get_thumbnail((size, size))
-        return deepzoom.encode_jpeg(image.convert("RGB"))
+        return deepzoom.encode_jpeg(thumbnail(deepzoom.handles.get(slide.path).slide, size))
 
     return _cached_image_response(request, etag, render_thumbnail)
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.engine import synth  # noqa: E402
+from inference.tools import synth  # noqa: E402
 
 CROP = 128  # level-0 px per crop (32 um)
 SCALE = 2

@@ -3,15 +3,18 @@ same object permissions as the pages (only visible cases' objects exist for a us
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from django.db.models import F
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cases.api_params import id_field, parsed
 from cases.services import Slide, blinded_for, decided_finding_ids, is_lab_admin, visible_cases
 
 from . import explain, services
@@ -33,7 +36,24 @@ class RunSerializer(serializers.ModelSerializer):
 
 
 class StartRunSerializer(serializers.Serializer):
-    slide = serializers.IntegerField()
+    slide = id_field()
+
+
+class RunFilters(serializers.Serializer):
+    slide = id_field(required=False)
+
+
+class FindingFilters(serializers.Serializer):
+    slide = id_field(error_messages={"required": "Give the slide id, e.g. ?slide=3."})
+    min_score = serializers.FloatField(required=False, min_value=0, max_value=1)
+    phase = serializers.ChoiceField(Finding.Phase.choices, required=False)
+    source = serializers.ChoiceField(Finding.Source.choices, required=False)
+
+
+class ExplanationTarget(serializers.Serializer):
+    target = serializers.CharField(
+        required=False, allow_blank=True, max_length=64, help_text="phase class to explain"
+    )
 
 
 class FindingSerializer(serializers.ModelSerializer):
@@ -67,20 +87,34 @@ class FindingSerializer(serializers.ModelSerializer):
         return data
 
 
+class QueueUnavailable(APIException):
+    """503: Redis is down, so nothing was queued (the detail says what)."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "queue_unavailable"
+
+
 class RunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
-    """Runs of visible slides; lab admins start (POST {"slide": id}) and cancel them."""
+    """Runs of visible slides; lab admins start (POST {"slide": id}), cancel and retry them.
+    A run whose worker was lost reads as failed (see inference.jobs.reconcile_runs)."""
 
     serializer_class = RunSerializer
 
+    def get_object(self):
+        return services.checked_runs([super().get_object()])[0]
+
+    def paginate_queryset(self, queryset):
+        return services.checked_runs(super().paginate_queryset(queryset))
+
     def get_queryset(self):
         runs = InferenceRun.objects.filter(slide__case__in=visible_cases(self.request.user))
-        if slide := self.request.query_params.get("slide"):
-            if not slide.isdigit():
-                raise ValidationError({"slide": "must be a slide id"})
-            runs = runs.filter(slide_id=int(slide))
+        if self.action == "list" and (
+            slide := parsed(RunFilters, self.request.query_params).get("slide")
+        ):
+            runs = runs.filter(slide_id=slide)
         return runs.select_related("detector", "classifier").order_by("-created_at")
 
-    @extend_schema(parameters=[OpenApiParameter("slide", int)])
+    @extend_schema(parameters=[RunFilters])
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
@@ -88,13 +122,14 @@ class RunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     def create(self, request, *args, **kwargs):
         if not is_lab_admin(request.user):
             raise PermissionDenied("Only lab admins can start AI runs.")
-        body = StartRunSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        slide = Slide.objects.visible_to(request.user).filter(pk=body.validated_data["slide"])
+        body = parsed(StartRunSerializer, request.data)
+        slide = Slide.objects.visible_to(request.user).filter(pk=body["slide"])
         if not slide.exists():
             raise NotFound("No such slide.")
         try:
             run = services.start_run(slide.get(), request.user)
+        except services.QueueUnavailable as error:
+            raise QueueUnavailable(str(error)) from None
         except services.RunRefused as refusal:
             raise ValidationError({"detail": str(refusal)}) from None
         return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
@@ -109,6 +144,21 @@ class RunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         run.refresh_from_db()
         return Response(RunSerializer(run).data)
 
+    @extend_schema(request=None, responses={201: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """A fresh run of a failed or cancelled run's slide (the old run stays)."""
+        run = self.get_object()
+        if not is_lab_admin(request.user):
+            raise PermissionDenied("Only lab admins can retry AI runs.")
+        try:
+            new = services.retry_run(run, request.user)
+        except services.QueueUnavailable as error:
+            raise QueueUnavailable(str(error)) from None
+        except services.RunRefused as refusal:
+            raise ValidationError({"detail": str(refusal)}) from None
+        return Response(RunSerializer(new).data, status=status.HTTP_201_CREATED)
+
 
 class FindingViewSet(viewsets.ReadOnlyModelViewSet):
     """Findings of one slide (``slide`` is required): its latest run's and added ones.
@@ -116,27 +166,21 @@ class FindingViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = FindingSerializer
 
-    def _slide(self):
-        slide = self.request.query_params.get("slide")
-        if self.action == "list" and not (slide and slide.isdigit()):
-            raise ValidationError({"slide": "give the slide id, e.g. ?slide=3"})
-        return slide
+    @cached_property
+    def list_filters(self) -> dict:
+        return parsed(FindingFilters, self.request.query_params)
 
     def get_queryset(self):
         if self.action != "list":
             return services.visible_findings(self.request.user)
-        slide = get_object_or_404(Slide.objects.visible_to(self.request.user), pk=self._slide())
+        filters = self.list_filters
+        slide = get_object_or_404(Slide.objects.visible_to(self.request.user), pk=filters["slide"])
         _, findings = services.slide_findings(slide)
-        params = self.request.query_params
-        try:
-            if params.get("min_score"):
-                findings = findings.filter(score__gte=float(params["min_score"]))
-        except ValueError:
-            raise ValidationError({"min_score": "must be a number"}) from None
-        if params.get("phase"):
-            findings = findings.filter(phase=params["phase"])
-        if params.get("source"):
-            findings = findings.filter(source=params["source"])
+        if "min_score" in filters:
+            findings = findings.filter(score__gte=filters["min_score"])
+        for name in ("phase", "source"):
+            if name in filters:
+                findings = findings.filter(**{name: filters[name]})
         return findings.order_by(F("score").desc(nulls_last=True), "pk")
 
     def get_serializer_context(self):
@@ -146,7 +190,9 @@ class FindingViewSet(viewsets.ReadOnlyModelViewSet):
 
     def _hidden_ids(self) -> set[int]:
         if self.action == "list":
-            slide = Slide.objects.filter(pk=self._slide()).select_related("case").first()
+            slide = (
+                Slide.objects.filter(pk=self.list_filters["slide"]).select_related("case").first()
+            )
             slides = [slide] if slide else []
         elif "pk" in self.kwargs and str(self.kwargs["pk"]).isdigit():
             slides = [
@@ -166,28 +212,21 @@ class FindingViewSet(viewsets.ReadOnlyModelViewSet):
                 )
         return hidden
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("slide", int, required=True),
-            OpenApiParameter("min_score", float),
-            OpenApiParameter("phase", str, enum=Finding.Phase.values),
-            OpenApiParameter("source", str, enum=Finding.Source.values),
-        ]
-    )
+    @extend_schema(parameters=[FindingFilters])
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(
-        parameters=[OpenApiParameter("target", str, description="phase class to explain")],
-        responses={200: None, 202: None},
-    )
+    @extend_schema(parameters=[ExplanationTarget], responses={200: None, 202: None})
     @action(detail=True, methods=["get", "post"])
     def explanations(self, request, pk=None):
         """GET the cached attribution maps (and which are pending); POST queues the rest."""
         finding = self.get_object()
         if finding.pk in self._hidden_ids():
             raise PermissionDenied("The AI's evidence stays hidden until you decide.")
-        target = request.query_params.get("target") or request.data.get("target") or None
+        target = parsed(ExplanationTarget, request.query_params).get("target")
+        if request.method == "POST" and not target:
+            target = parsed(ExplanationTarget, request.data).get("target")
+        target = target or None
         try:
             if request.method == "POST":
                 target, pending = explain.request(finding, target)
@@ -195,6 +234,8 @@ class FindingViewSet(viewsets.ReadOnlyModelViewSet):
                 return Response({"target": target, "pending": pending}, status=code)
             version = explain.classifier_version(finding)
             target = explain.target_name(version, finding, target)
+        except explain.ExplanationUnavailable as error:
+            raise QueueUnavailable(str(error)) from None
         except explain.ExplanationRefused as refusal:
             raise ValidationError({"detail": str(refusal)}) from None
         maps = explain.cached(finding, version, target)

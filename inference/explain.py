@@ -6,24 +6,40 @@ from __future__ import annotations
 import contextlib
 from functools import lru_cache
 from io import BytesIO
+from typing import TYPE_CHECKING
 
-import django_rq
 import numpy as np
 from django.db import IntegrityError
 from PIL import Image
+from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from cases.services import open_slide
 
-from .engine.attribution import METHODS, SIGNED, CropClassifier, explain_crop
 from .engine.slide_io import Scale, read_region
+from .engine.vocabulary import ATTRIBUTION_METHODS as METHODS
+from .engine.vocabulary import SIGNED_METHODS as SIGNED
 from .models import Explanation, Finding, ModelVersion
 from .registry import load_version
+from .services import job_queue
+
+if TYPE_CHECKING:
+    from .engine.attribution import CropClassifier
 
 
 class ExplanationRefused(Exception):
     """The finding cannot be explained; the message says why."""
+
+
+class ExplanationUnavailable(ExplanationRefused):
+    """Redis cannot be reached, so no maps were queued; the message says so."""
+
+
+QUEUE_DOWN = (
+    "The job queue is unavailable, so the evidence maps cannot be computed now. Try again "
+    "in a minute; if it persists, tell your lab admin."
+)
 
 
 def classifier_version(finding: Finding) -> ModelVersion:
@@ -50,6 +66,10 @@ def target_name(version: ModelVersion, finding: Finding, target: str | None) -> 
 @lru_cache(maxsize=4)
 def _model(version_pk: int, sha256: str) -> CropClassifier:
     """The version's classifier as a crop-sized Captum model (cached per worker)."""
+    # Captum and torch load in the process that computes maps (a worker, or manage.py
+    # explain), never with this module, which web processes import.
+    from .engine.attribution import CropClassifier
+
     version = ModelVersion.objects.get(pk=version_pk)
     classifier = load_version(version)
     spec = classifier.spec
@@ -86,6 +106,8 @@ def compute(finding: Finding, methods=METHODS, target: str | None = None) -> lis
     have = {e.method: e for e in cached(finding, version, target)}
     missing = [m for m in methods if m not in have]
     if missing:
+        from .engine.attribution import explain_crop
+
         model = _model(version.pk, version.sha256)
         crop = read_crop(finding, version)
         x, y, size, mpp = crop_geometry(finding, version)
@@ -134,17 +156,26 @@ def explain_job(finding_id: int, target: str) -> list[str]:
 
 def request(finding: Finding, target: str | None = None) -> tuple[str, bool]:
     """Queue the finding's missing maps unless they are cached or already queued.
-    Returns (target, whether work is pending)."""
+    Returns (target, whether work is pending); raises ExplanationUnavailable without Redis."""
     version = classifier_version(finding)
     target = target_name(version, finding, target)
     if cached(finding, version, target).count() >= len(METHODS):
         return target, False
-    queue = django_rq.get_queue("explain")
+    try:
+        _enqueue(finding, version, target)
+    except RedisError:
+        raise ExplanationUnavailable(QUEUE_DOWN) from None
+    return target, True
+
+
+def _enqueue(finding: Finding, version: ModelVersion, target: str) -> None:
+    """Queue the explain job unless it is queued or running already."""
+    queue = job_queue("explain")
     ident = job_id(finding, version, target)
     with contextlib.suppress(NoSuchJobError):
         status = Job.fetch(ident, connection=queue.connection).get_status()
         if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED):
-            return target, True
+            return
     queue.enqueue(
         explain_job,
         finding.pk,
@@ -154,20 +185,24 @@ def request(finding: Finding, target: str | None = None) -> tuple[str, bool]:
         result_ttl=600,
         failure_ttl=3600,
     )
-    return target, True
 
 
 def failed_reason(finding: Finding, target: str) -> str:
-    """The error of the finding's last explanation job, if it failed."""
+    """The error of the finding's last explanation job if it failed, or that the queue is
+    unavailable (so pending maps will not come)."""
     version = classifier_version(finding)
-    queue = django_rq.get_queue("explain")
-    with contextlib.suppress(NoSuchJobError):
-        job = Job.fetch(job_id(finding, version, target), connection=queue.connection)
-        if job.get_status() == JobStatus.FAILED:
-            result = job.latest_result()
-            text = (result.exc_string if result else "") or "the job failed"
-            return text.strip().splitlines()[-1]
-    return ""
+    connection = job_queue("explain").connection
+    try:
+        job = Job.fetch(job_id(finding, version, target), connection=connection)
+        if job.get_status(refresh=False) != JobStatus.FAILED:
+            return ""
+        result = job.latest_result()
+    except NoSuchJobError:
+        return ""
+    except RedisError:
+        return QUEUE_DOWN
+    text = (result.exc_string if result else "") or "the job failed"
+    return text.strip().splitlines()[-1]
 
 
 # Colour stops (fraction, RGBA): sequential for unsigned maps, diverging for signed ones.

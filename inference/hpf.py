@@ -9,9 +9,9 @@ from django.conf import settings
 
 from cases.services import open_slide
 
-from .engine.evaluate import MITOTIC_PHASES
 from .engine.hpf import HpfResult, hpf_counts
 from .engine.tissue import detect_tissue
+from .engine.vocabulary import MITOTIC_PHASES
 from .grading import grade
 from .models import HpfMap, InferenceRun
 

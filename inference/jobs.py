@@ -5,24 +5,21 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
-import django_rq
 import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import AbandonedJobError
 from rq.job import Job, JobStatus
 
 from cases.services import record_audit
 
-from .engine.evaluate import MITOTIC_PHASES
-from .engine.mil import slide_attention
-from .engine.pipeline import pick_device, run_slide
 from .engine.slide_io import open_slide
 from .engine.tissue import detect_tissue
+from .engine.vocabulary import MITOTIC_PHASES
 from .hpf import compute_ai_map
 from .models import Finding, InferenceRun, MilMap, ModelVersion
 from .registry import load_version
@@ -70,6 +67,10 @@ def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> 
     Findings are written in the same transaction that marks the run succeeded, so a run
     has either all its findings or none, and executing a run twice never duplicates them.
     """
+    # The engine (torch) is imported by the jobs, never with this module, which web
+    # processes import to enqueue them; workers load it once, before forking (portal.workers).
+    from .engine.pipeline import pick_device
+
     run = InferenceRun.objects.select_related("slide", "detector", "classifier").get(pk=run_id)
     if run.status != InferenceRun.Status.QUEUED:
         return {"skipped": run.status}
@@ -94,6 +95,8 @@ def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> 
 
 
 def _infer(run: InferenceRun, device, progress: RunProgress):
+    from .engine.pipeline import run_slide
+
     return run_slide(
         run.slide.path,
         load_version(run.detector),
@@ -158,6 +161,8 @@ def _store(run: InferenceRun, result) -> None:
 
 def _mil(run: InferenceRun, progress: RunProgress) -> None:
     """Attention-MIL over the slide with the active MIL model, when there is one."""
+    from .engine.mil import slide_attention
+
     version = ModelVersion.objects.filter(task=ModelVersion.Task.MIL, is_active=True).first()
     if version is None:
         return
@@ -217,31 +222,67 @@ def _case_status_changed(run: InferenceRun) -> None:
     refresh_case_status(run.slide.case_id)
 
 
+WORKER_LOST = (
+    "Worker lost: the worker running this AI run stopped answering before the run finished "
+    "(it was killed, or its machine went down). No findings were kept; retry the run."
+)
+
+
 def on_job_failure(job: Job, connection, exc_type, exc_value, tb) -> None:
-    """RQ failure callback, also called for jobs whose worker vanished (AbandonedJobError)."""
-    run_id = job.args[0]
-    _finish(run_id, InferenceRun.Status.FAILED, error=f"{exc_type.__name__}: {exc_value}")
+    """RQ failure callback. A failure inside execute_run is already on the run; this records
+    the ones outside it: the worker vanished (AbandonedJobError, from RQ's registry cleanup)
+    or its work horse was killed (portal.workers.Worker)."""
+    if issubclass(exc_type, AbandonedJobError):
+        error = WORKER_LOST
+    else:
+        error = f"The worker stopped before the run finished: {exc_value}. Retry the run."
+    _finish(job.args[0], InferenceRun.Status.FAILED, error=error)
 
 
 def reconcile(run: InferenceRun) -> InferenceRun:
-    """Mark a queued or running run failed when its RQ job has ended without finishing it
-    (the work horse was killed, the job was removed, or it failed before starting)."""
-    if run.is_finished or not run.job_id:
-        return run
-    try:
-        job = Job.fetch(run.job_id, connection=django_rq.get_connection("inference"))
-        status = job.get_status()
-    except NoSuchJobError:
+    """The run, failed first if its RQ job can no longer finish it (see reconcile_runs)."""
+    return reconcile_runs([run])[0]
+
+
+def reconcile_runs(runs: Iterable[InferenceRun]) -> list[InferenceRun]:
+    """The runs, with each queued or running one failed if its RQ job can no longer finish
+    it: the job ended without finishing the run, is gone, or its worker has sent no
+    heartbeat for RUN_LOST_AFTER_SECONDS (killed, or its machine went down).
+
+    One round trip to Redis; raises RedisError when Redis is down (callers that only show
+    runs catch it and show what the database says).
+    """
+    from .services import job_queue
+
+    runs = list(runs)
+    pending = [run for run in runs if not run.is_finished and run.job_id]
+    if not pending:
+        return runs
+    connection = job_queue("inference").connection
+    jobs = Job.fetch_many([run.job_id for run in pending], connection=connection)
+    for run, job in zip(pending, jobs, strict=True):
+        error = _why_unfinishable(run, job)
+        if error:
+            _finish(run.pk, InferenceRun.Status.FAILED, error=error)
+            run.refresh_from_db()
+    return runs
+
+
+def _why_unfinishable(run: InferenceRun, job: Job | None) -> str:
+    """Why the run's job cannot finish it, or "" while it still may."""
+    if job is None:
         if timezone.now() - run.created_at < ENQUEUE_GRACE:
-            return run  # enqueued when its transaction commits
-        job, status = None, None
-    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, None):
-        reason = (job.latest_result().exc_string if job and job.latest_result() else "") or ""
-        _finish(
-            run.pk,
-            InferenceRun.Status.FAILED,
-            error="The worker stopped before the run finished. "
-            + (reason.strip().splitlines()[-1] if reason.strip() else "The job is gone."),
+            return ""  # enqueued when its transaction commits
+        return "The worker stopped before the run finished. The job is gone from the queue."
+    status = job.get_status(refresh=False)
+    if status == JobStatus.STARTED:
+        beat = job.last_heartbeat or job.started_at
+        silent = (timezone.now() - beat).total_seconds() if beat else 0
+        return WORKER_LOST if silent > settings.RUN_LOST_AFTER_SECONDS else ""
+    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+        result = job.latest_result()
+        reason = ((result.exc_string if result else "") or "").strip()
+        return "The worker stopped before the run finished. " + (
+            reason.splitlines()[-1] if reason else "The job is gone."
         )
-        run.refresh_from_db()
-    return run
+    return ""

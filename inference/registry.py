@@ -12,17 +12,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from django.conf import settings
 from django.db import transaction
 
 from cases.services import file_sha256, record_audit
 
-from .engine.mil import GRID
-from .engine.model_io import FORMATS, ModelSpec, load_classifier, load_detector, load_mil
 from .models import ModelVersion
 
-MIL_INSTANCES = GRID * GRID
 DETECTOR_NAME = "mitolens-detector"
 CLASSIFIER_NAME = "mitolens-phase"
 MIL_NAME = "mitolens-mil"
@@ -34,7 +30,10 @@ class ModelRejected(Exception):
 
 
 def load_model(path: Path, task: str, fmt: str, spec: dict[str, Any] | None):
-    """Load a registered file as the engine's detector or phase classifier."""
+    """Load a registered file as the engine's detector, phase classifier or MIL model."""
+    # The engine (torch) is imported here, never with this module, which web processes load.
+    from .engine.model_io import load_classifier, load_detector, load_mil
+
     if task == ModelVersion.Task.DETECTOR:
         return load_detector(path, fmt, spec)
     if task == ModelVersion.Task.PHASE_CLASSIFIER:
@@ -54,6 +53,14 @@ def check_model(path: Path, task: str, fmt: str, spec: dict[str, Any] | None) ->
 
     Raises ModelRejected with a message that names the problem.
     """
+    # Lazy on purpose: registering a model (an admin's upload, or the shipped models on a
+    # fresh install's first run) loads torch into that web process, so the check answers
+    # at once; nothing else a web process does imports it.
+    import torch
+
+    from .engine.mil import GRID
+    from .engine.model_io import FORMATS, ModelSpec
+
     if fmt not in FORMATS:
         raise ModelRejected(f"unknown model format {fmt!r}; expected one of {', '.join(FORMATS)}")
     try:
@@ -64,7 +71,7 @@ def check_model(path: Path, task: str, fmt: str, spec: dict[str, Any] | None) ->
         raise ModelRejected(f"the file does not load as a {fmt} {task}: {error}") from None
     if task == ModelVersion.Task.MIL:
         model, resolved = model
-        blank = torch.zeros(1, MIL_INSTANCES, 3, resolved.patch_px, resolved.patch_px)
+        blank = torch.zeros(1, GRID * GRID, 3, resolved.patch_px, resolved.patch_px)
     else:
         resolved: ModelSpec = model.spec
         blank = torch.zeros(1, 3, resolved.patch_px, resolved.patch_px)

@@ -7,7 +7,11 @@ import contextlib
 
 import django_rq
 from django.db import transaction
+from django.db.models import F
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
+from rq import Queue
 
 from cases.services import Case, record_audit, visible_cases
 
@@ -31,6 +35,24 @@ class RunRefused(Exception):
     """A run that cannot start; the message says why."""
 
 
+class QueueUnavailable(RunRefused):
+    """Redis cannot be reached, so no run was queued; the message says so."""
+
+
+QUEUE_DOWN = (
+    "The job queue is unavailable, so the AI run was not started. Try again in a minute; "
+    "if it persists, tell your lab admin."
+)
+
+
+def job_queue(name: str) -> Queue:
+    """The RQ queue ``name`` on a connection that fails at once when Redis is down
+    (redis-py would retry for seconds): requests answer or degrade without waiting."""
+    connection = django_rq.get_connection(name)
+    connection.set_retry(Retry(NoBackoff(), 0))
+    return django_rq.get_queue(name, connection=connection)
+
+
 def active_models() -> tuple[ModelVersion, ModelVersion]:
     """The active detector and phase classifier (registering the shipped ones if the
     registry has none)."""
@@ -51,13 +73,26 @@ def start_run(
     slide, user=None, parameters: dict | None = None, enqueue_job: bool = True
 ) -> InferenceRun:
     """Record a queued run of the active models on ``slide`` and enqueue it once the
-    transaction commits (unless ``enqueue_job`` is off: the caller executes it)."""
+    transaction commits (unless ``enqueue_job`` is off: the caller executes it).
+
+    Raises QueueUnavailable, having recorded nothing, when Redis is down.
+    """
     if not slide.mpp:
         raise RunRefused(
             f"{slide.original_name} has no µm/px; an admin must set it before the AI can run."
         )
+    if slide.damaged_tiles:
+        raise RunRefused(
+            f"{slide.original_name} is damaged ({slide.damaged_tiles} tiles cannot be decoded);"
+            " the AI does not run on a damaged slide. Rescan it or export it again."
+        )
     detector, classifier = active_models()
     versions = [detector, classifier, *ModelVersion.objects.filter(task="mil", is_active=True)]
+    if enqueue_job:
+        try:
+            job_queue("inference").connection.ping()
+        except RedisError:
+            raise QueueUnavailable(QUEUE_DOWN) from None
     with transaction.atomic():
         run = InferenceRun.objects.create(
             slide=slide,
@@ -67,8 +102,9 @@ def start_run(
             parameters=parameters or {},
             created_by=user,
         )
-        run.job_id = f"mitolens-run-{run.pk}"
-        run.save(update_fields=["job_id"])
+        if enqueue_job:  # a run executed here has no job whose state could disagree
+            run.job_id = f"mitolens-run-{run.pk}"
+            run.save(update_fields=["job_id"])
         record_audit(
             "run_start",
             actor=user,
@@ -79,6 +115,8 @@ def start_run(
         if enqueue_job:
             transaction.on_commit(lambda: enqueue(run))
     refresh_case_status(slide.case_id)
+    if run.status == InferenceRun.Status.FAILED:  # Redis went down after the check
+        raise QueueUnavailable(run.error)
     return run
 
 
@@ -99,8 +137,14 @@ def enqueue(run: InferenceRun) -> None:
             failure_ttl=30 * 24 * 3600,
             on_failure=Callback(on_job_failure),
         )
-    except RedisError as error:
-        fail(run.pk, f"Could not queue the run: the job queue is unavailable ({error}).")
+    except RedisError:
+        run.status = InferenceRun.Status.FAILED
+        run.error = (
+            "The job queue became unavailable while the AI run was being queued, so it was "
+            "recorded as failed and will not start. Retry it in a minute; if it persists, "
+            "tell your lab admin."
+        )
+        fail(run.pk, run.error)
 
 
 def cancel_run(run: InferenceRun, user=None) -> None:
@@ -113,17 +157,24 @@ def cancel_run(run: InferenceRun, user=None) -> None:
             record_audit(
                 "run_cancel", actor=user, obj=run, case=run.slide.case, details={"was": run.status}
             )
-    if updated and run.status == InferenceRun.Status.QUEUED:
+    if updated and run.status == InferenceRun.Status.QUEUED and run.job_id:
         from rq.exceptions import InvalidJobOperation, NoSuchJobError
         from rq.job import Job
 
-        with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
-            Job.fetch(run.job_id, connection=django_rq.get_connection("inference")).cancel()
+        # Without Redis the job stays queued, and a worker that takes it skips the run.
+        with contextlib.suppress(NoSuchJobError, InvalidJobOperation, RedisError):
+            Job.fetch(run.job_id, connection=job_queue("inference").connection).cancel()
     refresh_case_status(run.slide.case_id)
 
 
 def retry_run(run: InferenceRun, user=None) -> InferenceRun:
     """A fresh run of the same slide (a failed or cancelled run stays in the record)."""
+    from .jobs import reconcile
+
+    try:
+        run = reconcile(run)  # a run whose worker was lost is failed by now
+    except RedisError:
+        raise QueueUnavailable(QUEUE_DOWN) from None
     if run.status not in (InferenceRun.Status.FAILED, InferenceRun.Status.CANCELLED):
         raise RunRefused("Only a failed or cancelled run can be retried.")
     return start_run(run.slide, user, run.parameters)
@@ -206,32 +257,48 @@ def findings_to_review(slide):
     return added if run is None else added | counted_ai_findings(run)
 
 
-def runs_for_case(case) -> dict[int, list[InferenceRun]]:
-    """Each slide's runs, newest first, with queued/running ones checked against RQ."""
-    from .jobs import reconcile
+def checked_runs(runs) -> list[InferenceRun]:
+    """The runs, with queued/running ones checked against RQ (a run whose worker was lost
+    is failed); without Redis, as the database has them."""
+    from .jobs import reconcile_runs
 
-    runs: dict[int, list[InferenceRun]] = {}
-    queryset = (
+    try:
+        return reconcile_runs(runs)
+    except RedisError:
+        return list(runs)
+
+
+def runs_for_case(case) -> dict[int, list[InferenceRun]]:
+    """Each slide's runs, newest first, with queued/running ones checked against RQ (and
+    ``case``'s status re-read when that failed one)."""
+    listed = list(
         InferenceRun.objects.filter(slide__case=case)
         .select_related("detector", "classifier", "slide")
         .order_by("-created_at")
     )
-    for run in queryset:
-        runs.setdefault(run.slide_id, []).append(reconcile(run))
+    active = [run for run in listed if not run.is_finished]
+    runs: dict[int, list[InferenceRun]] = {}
+    for run in checked_runs(listed):
+        runs.setdefault(run.slide_id, []).append(run)
+    if any(run.is_finished for run in active):
+        case.refresh_from_db(fields=["status"])
     return runs
 
 
 def ai_status_by_case(case_ids) -> dict[int, dict]:
-    """For the queue, in two queries: each case's AI progress (mean over unfinished runs,
-    None when none is queued or running), its latest runs' ids, and how many AI findings
-    those runs gave for review."""
+    """For the queue, in two queries and one Redis round trip: each case's AI progress (the
+    least over unfinished runs, None when none is queued or running; a run whose worker was
+    lost is failed first), its latest runs' ids, and how many AI findings those runs gave
+    for review."""
     status: dict[int, dict] = {c: {"progress": None, "runs": [], "to_review": 0} for c in case_ids}
     active = InferenceRun.objects.filter(
         slide__case_id__in=case_ids,
         status__in=[InferenceRun.Status.QUEUED, InferenceRun.Status.RUNNING],
-    ).values_list("slide__case_id", "progress")
-    for case_id, progress in active:
-        entry = status[case_id]
+    ).annotate(case_pk=F("slide__case_id"))
+    for run in checked_runs(active):
+        if run.is_finished:
+            continue
+        entry, progress = status[run.case_pk], run.progress
         entry["progress"] = (
             progress if entry["progress"] is None else min(entry["progress"], progress)
         )

@@ -7,11 +7,12 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import F
 from django.http import Http404, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET, require_POST
 
+from cases.forms import form_refusal
 from cases.services import (
     blinded_for,
     decided_finding_ids,
@@ -23,7 +24,8 @@ from cases.services import (
 )
 
 from . import explain, services
-from .crops import CROP_MPP, CROP_PX, finding_crop_image
+from .crops import finding_crop_image
+from .forms import CropForm
 from .heatmap import heatmap_png
 from .models import Explanation, Finding, InferenceRun, MilMap
 
@@ -42,12 +44,19 @@ def _visible_run(request, run_id: int) -> InferenceRun:
     )
 
 
+def _queue_unavailable(request, message: str, back: str) -> HttpResponse:
+    """503 with the sentence saying what was not done (Redis is down)."""
+    return render(request, "503.html", {"message": message, "back": back}, status=503)
+
+
 @require_POST
 def start_run(request, slide_id: int):
     _admin_only(request)
     slide = visible_slide(request, slide_id)
     try:
         services.start_run(slide, request.user)
+    except services.QueueUnavailable as error:
+        return _queue_unavailable(request, str(error), slide.case.get_absolute_url())
     except services.RunRefused as refusal:
         messages.error(request, str(refusal))
     else:
@@ -70,6 +79,8 @@ def retry_run(request, run_id: int):
     run = _visible_run(request, run_id)
     try:
         new = services.retry_run(run, request.user)
+    except services.QueueUnavailable as error:
+        return _queue_unavailable(request, str(error), run.slide.case.get_absolute_url())
     except services.RunRefused as refusal:
         messages.error(request, str(refusal))
     else:
@@ -182,13 +193,10 @@ def finding_crop(request, finding_id: int):
     slide = finding.slide
     if not slide.mpp:
         raise Http404("The slide has no µm/px, so no crop at a known scale")
-    try:
-        size = int(request.GET.get("px", CROP_PX))
-        mpp = float(request.GET.get("mpp", CROP_MPP))
-    except ValueError:
-        raise Http404("px and mpp must be numbers") from None
-    if not (32 <= size <= 512 and 0.1 <= mpp <= 2.0):
-        raise Http404("px must be 32-512 and mpp 0.1-2")
+    form = CropForm(request.GET)
+    if not form.is_valid():
+        return form_refusal(form)
+    size, mpp = form.size_and_scale()
     image = finding_crop_image(open_slide(slide), slide.mpp, finding.x, finding.y, size, mpp)
     buffer = BytesIO()
     image.save(buffer, "jpeg", quality=90)
@@ -265,6 +273,8 @@ def request_explanations(request, finding_id: int):
     finding = _explainable_finding(request, finding_id)
     try:
         target, pending = explain.request(finding, request.POST.get("target") or None)
+    except explain.ExplanationUnavailable as error:
+        return JsonResponse({"error": str(error)}, status=503)
     except explain.ExplanationRefused as refusal:
         return JsonResponse({"error": str(refusal)}, status=400)
     return JsonResponse({"target": target, "pending": pending}, status=202 if pending else 200)

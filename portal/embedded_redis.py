@@ -19,13 +19,14 @@ def _ping(socket_path: Path) -> bool:
         return False
 
 
-def start(timeout: float = 10.0) -> subprocess.Popen | None:
-    """Start redis-server on the var/ socket unless one already answers there.
+def start(timeout: float = 10.0, socket_path: Path | None = None) -> subprocess.Popen | None:
+    """Start redis-server on the var/ socket (or ``socket_path``) unless one already
+    answers there.
 
     Returns the process it started (the caller stops it), or None when a
     server was already running.
     """
-    socket_path = Path(settings.REDIS_EMBEDDED_SOCKET)
+    socket_path = Path(socket_path or settings.REDIS_EMBEDDED_SOCKET)
     if _ping(socket_path):
         return None
     socket_path.unlink(missing_ok=True)

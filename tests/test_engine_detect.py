@@ -7,16 +7,9 @@ import math
 import pytest
 import torch
 
-from inference.engine.detect import (
-    Detections,
-    DetectionScore,
-    decode_heatmap,
-    decode_yolo,
-    match_points,
-    merge_detections,
-    midog_score,
-)
-from inference.engine.networks import centernet_targets
+from inference.engine.detect import Detections, decode_heatmap, decode_yolo, merge_detections
+from inference.tools.centernet import centernet_targets
+from inference.tools.scoring import DetectionScore, match_points, midog_score
 
 
 def _yolo_row(cx: float, cy: float, w: float, h: float, obj: float, *cls: float) -> list[float]:

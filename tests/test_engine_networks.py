@@ -16,13 +16,9 @@ from inference.engine.model_io import (
     load_detector,
     save_native,
 )
-from inference.engine.networks import (
-    PHASES,
-    CenterNet,
-    build_classifier,
-    centernet_loss,
-    centernet_targets,
-)
+from inference.engine.networks import CenterNet, build_classifier
+from inference.engine.vocabulary import PHASES
+from inference.tools.centernet import centernet_loss, centernet_targets
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation notes
 

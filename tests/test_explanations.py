@@ -9,10 +9,10 @@ from django.core.management import call_command
 
 from inference import explain
 from inference.engine.attribution import METHODS, CropClassifier, explain_crop, randomisation_check
-from inference.engine.synth import render_figure_crop
 from inference.management.commands.check_explanations import peak_in_box
 from inference.models import Explanation
 from inference.registry import CLASSIFIER_NAME, load_version
+from inference.tools.synth import render_figure_crop
 from tests.conftest import run_worker_burst
 
 

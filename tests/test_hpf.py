@@ -8,9 +8,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from inference.engine.hpf import count_in_rectangle, hpf_counts, window_px
-from inference.engine.synth import build_slide_world, ground_truth
 from inference.engine.tissue import TissueMask
 from inference.grading import grade
+from inference.tools.synth import build_slide_world, ground_truth
 
 
 def test_ten_hpf_is_a_4_by_3_rectangle_of_2_37_mm2():

@@ -15,9 +15,9 @@ from django.db import connection
 from cases.models import Case
 from cases.registration import register_slide
 from inference import services
-from inference.engine.detect import midog_score
 from inference.jobs import execute_run, reconcile
 from inference.models import Finding, InferenceRun
+from inference.tools.scoring import midog_score
 from tests.conftest import run_worker_burst
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -87,7 +87,7 @@ def test_upload_of_a_non_slide_is_refused(client_for, lab_admin, case, unchanged
     response = client_for(lab_admin).post(
         f"/cases/{case.pk}/slides/upload/", {"file": upload}, follow=True
     )
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert b"Slide refused" in response.content
 
 

@@ -9,7 +9,7 @@ import openslide
 import pytest
 import tifffile
 
-from inference.engine import synth
+from inference.tools import synth
 
 SIZE = (3000, 2500)
 DENSE = {"mitoses_per_mm2": 150.0, "hard_negatives_per_mm2": 150.0, "tumour_fraction": 0.6}

@@ -56,15 +56,15 @@ def test_a_cache_that_cannot_be_written_still_serves_the_tile(
 @pytest.mark.django_db
 def test_prerender_renders_every_tile_once(slide, tile_dir):
     addresses = pyramid(slide)
-    assert deepzoom.prerender(source_of(slide)) == len(addresses)
+    assert deepzoom.prerender(source_of(slide)) == deepzoom.Prerendered(len(addresses), 0)
     assert all(deepzoom.tile_file(slide.sha256, *address).is_file() for address in addresses)
-    assert deepzoom.prerender(source_of(slide)) == 0
+    assert deepzoom.prerender(source_of(slide)) == deepzoom.Prerendered(0, 0)
 
 
 @pytest.mark.django_db
 def test_overview_mode_leaves_the_two_top_levels_to_on_demand(slide, tile_dir, settings):
     settings.TILE_PRERENDER = "overview"
-    rendered = tiles.prerender_slide(slide.pk)
+    rendered = tiles.prerender_slide(slide.pk).rendered
     top = deepzoom.handles.get(slide.path).deepzoom.level_count - 1
     assert rendered == len(pyramid(slide)) - sum(
         1 for level, _, _ in pyramid(slide) if level >= top - 1

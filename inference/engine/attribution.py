@@ -29,8 +29,7 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
-METHODS = ("saliency", "integrated_gradients", "occlusion", "gradient_shap", "grad_cam")
-SIGNED = {"integrated_gradients", "occlusion", "gradient_shap"}  # maps with negative evidence
+from .vocabulary import ATTRIBUTION_METHODS as METHODS
 
 
 @dataclass(frozen=True)

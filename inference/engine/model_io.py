@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .detect import Detections, decode_heatmap, decode_yolo
-from .networks import DETECTOR_CLASSES, PHASES, CenterNet, build_classifier
+from .networks import DETECTOR_CLASSES, CenterNet, build_classifier
+from .vocabulary import PHASES
 
 FORMATS = ("native", "torchscript", "yolo-torchscript")
 

@@ -38,10 +38,31 @@ DECODABLE = {
 WHITE = 255
 ABSENT = object()  # not in the cache (None is a tile the file leaves out)
 Rgb = NDArray[np.uint8]
+# The most pixels one read may ask for: OpenSlide allocates 4 bytes a pixel for the
+# region (128 MiB here), Pillow and NumPy copies about as much again. Enough for the
+# largest finding crop (512 px at 2 µm/px: 4097 px a side from a 0.25 µm/px slide without
+# a pyramid); larger regions (thumbnails, zoomed-out Deep Zoom tiles) are read in chunks
+# (slide_io.downscaled_region), and anything else larger is refused.
+READ_PIXELS_MAX = 1 << 25
 
 
 class TileUnreadable(ValueError):
     """A tile tifffile cannot read or decode (the read is left to OpenSlide)."""
+
+
+class ReadTooLarge(openslide.OpenSlideError):
+    """A read that would need more memory than a read may take; the message says how much."""
+
+
+def check_read(size: tuple[int, int], limit: int = READ_PIXELS_MAX) -> None:
+    """Raise ReadTooLarge when a region of ``size`` (width, height) px exceeds ``limit``
+    pixels (OpenSlide's RGBA: 4 bytes each)."""
+    width, height = size
+    if width * height > limit:
+        raise ReadTooLarge(
+            f"a read of {width}×{height} px ({width * height / 1e6:,.0f} Mpx) is over the"
+            f" {limit / 1e6:,.0f} Mpx one read may take"
+        )
 
 
 class TileCache:
@@ -161,14 +182,17 @@ class TiledTiffSlide(openslide.OpenSlide):
 
     def read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Rgb | None:
         """Region as in :meth:`read_region`, as RGB with white where there is no image; None
-        when this read must go through OpenSlide."""
+        when this read must go through OpenSlide. Raises ReadTooLarge past READ_PIXELS_MAX."""
+        check_read(size)
         read = self._read_grid(location, level, size)
         return None if read is None else read[0]
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> Image.Image:
-        """OpenSlide's ``read_region``: RGBA, transparent where there is no image."""
+        """OpenSlide's ``read_region``: RGBA, transparent where there is no image. Raises
+        ReadTooLarge past READ_PIXELS_MAX (so does ``get_thumbnail``, which reads a whole level)."""
+        check_read(size)
         read = self._read_grid(location, level, size)
         if read is None or not read[1]:
             return super().read_region(location, level, size)

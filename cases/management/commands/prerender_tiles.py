@@ -37,5 +37,6 @@ class Command(BaseCommand):
             def progress(addresses, slide_id=slide_id):
                 return tqdm(addresses, desc=f"slide {slide_id}", unit="tile")
 
-            rendered = prerender_slide(slide_id, progress)
-            self.stdout.write(f"Slide {slide_id}: {rendered} tiles rendered.")
+            done = prerender_slide(slide_id, progress)
+            damaged = f", {done.undecodable} undecodable (damaged)" if done.undecodable else ""
+            self.stdout.write(f"Slide {slide_id}: {done.rendered} tiles rendered{damaged}.")

@@ -10,9 +10,9 @@ from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
 from inference.engine.attribution import METHODS, CropClassifier, explain_crop, randomisation_check
-from inference.engine.synth import PHASES, render_figure_crop
 from inference.registry import CLASSIFIER_NAME, SHIPPED_VERSION, load_version
 from inference.services import active_models
+from inference.tools.synth import PHASES, render_figure_crop
 
 
 def peak_in_box(values: np.ndarray, box, margin: float) -> bool:

@@ -6,10 +6,10 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from inference.engine.evaluate import evaluate_paths, report
-from inference.engine.train import Recipe
 from inference.registry import load_version
 from inference.services import RunRefused, active_models
+from inference.tools.evaluate import evaluate_paths, report
+from inference.tools.train import Recipe
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from inference.engine import synth
+from inference.tools import synth
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -10,7 +10,6 @@ import torch
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from inference.engine.evaluate import evaluate_paths, report
 from inference.engine.model_io import (
     MIL_DEFAULTS,
     CenterNetDetector,
@@ -18,7 +17,6 @@ from inference.engine.model_io import (
     PhaseClassifier,
     save_native,
 )
-from inference.engine.train import Recipe, train_shipped_mil, train_shipped_models
 from inference.registry import (
     CLASSIFIER_NAME,
     DETECTOR_NAME,
@@ -26,6 +24,8 @@ from inference.registry import (
     SHIPPED_VERSION,
     write_card,
 )
+from inference.tools.evaluate import evaluate_paths, report
+from inference.tools.train import Recipe, train_shipped_mil, train_shipped_models
 
 
 class Command(BaseCommand):

@@ -1,13 +1,23 @@
-"""Run the demo stack in the foreground: Redis (embedded unless REDIS_URL), a worker, the web."""
+"""Run the demo stack in the foreground: Redis (embedded unless REDIS_URL), two workers
+(restarted when they die), the web."""
 
 import signal
 import subprocess
 import sys
+import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from portal import embedded_redis
+
+# One worker for whole-slide runs, one for explanations (and tile pre-rendering, after
+# them), so a pathologist's maps never wait behind a slide's AI run.
+WORKERS = {
+    "AI runs": ["inference", "--with-scheduler"],
+    "explanations and tiles": ["explain", "default", "tiles"],
+}
+RESTART_PAUSE_SECONDS = 5  # a worker that dies at once (e.g. no Redis) is not restarted in a loop
 
 DEMO_LOGINS = [
     ("labadmin", "lab admin (all cases, Django admin)"),
@@ -17,7 +27,10 @@ DEMO_LOGINS = [
 
 
 class Command(BaseCommand):
-    help = "Start Redis, two RQ workers and the web server; Ctrl-C stops all of them."
+    help = (
+        "Start Redis, two RQ workers (restarted if they die) and the web server; Ctrl-C stops "
+        "all of them."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1:8000")
@@ -45,29 +58,23 @@ class Command(BaseCommand):
                 queue_prerender(slide)
 
     def handle(self, *args, addr, **options):
-        children: list[subprocess.Popen] = []
         redis_process = None if settings.REDIS_URL else embedded_redis.start()
-        if redis_process:
-            children.append(redis_process)
-        manage = [sys.executable, "manage.py"]
-        # One worker for whole-slide runs, one for explanations (and tile pre-rendering,
-        # after them), so a pathologist's maps never wait behind a slide's AI run.
-        children.append(subprocess.Popen([*manage, "rqworker", "inference", "--with-scheduler"]))
-        children.append(subprocess.Popen([*manage, "rqworker", "explain", "default", "tiles"]))
+        workers = {name: self._start_worker(queues) for name, queues in WORKERS.items()}
         self._queue_missing_runs()
         self._queue_missing_tiles()
-        children.append(subprocess.Popen([*manage, "runserver", addr, "--noreload"]))
+        web = subprocess.Popen([sys.executable, "manage.py", "runserver", addr, "--noreload"])
         self.stdout.write(self.style.SUCCESS(f"\nMitoLens is running at http://{addr}/"))
         for username, role in DEMO_LOGINS:
             self.stdout.write(f"  {username:<10} password: mitolens-demo   ({role})")
-        self.stdout.write("Press Ctrl-C to stop.\n")
+        self.stdout.write("A worker that dies is restarted. Press Ctrl-C to stop.\n")
         try:
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            children[-1].wait()
+            self._supervise(web, workers)
         except KeyboardInterrupt:
             pass
         finally:
-            for child in reversed(children):
+            children = [web, *workers.values()] + ([redis_process] if redis_process else [])
+            for child in children:
                 child.terminate()
             for child in children:
                 try:
@@ -75,3 +82,21 @@ class Command(BaseCommand):
                 except subprocess.TimeoutExpired:
                     child.kill()
             self.stdout.write("Stopped.")
+
+    @staticmethod
+    def _start_worker(queues: list[str]) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "manage.py", "rqworker", *queues])
+
+    def _supervise(self, web: subprocess.Popen, workers: dict[str, subprocess.Popen]) -> None:
+        """Wait while the web server runs, restarting any worker that died (its run, if it
+        had one, is failed as "worker lost" and can be retried)."""
+        started = dict.fromkeys(workers, time.monotonic())
+        while web.poll() is None:
+            for name, worker in workers.items():
+                code = worker.poll()
+                if code is None or time.monotonic() - started[name] < RESTART_PAUSE_SECONDS:
+                    continue
+                self.stderr.write(f"The {name} worker stopped (exit {code}); restarting it.")
+                workers[name] = self._start_worker(WORKERS[name])
+                started[name] = time.monotonic()
+            time.sleep(0.5)

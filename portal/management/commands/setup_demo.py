@@ -11,8 +11,8 @@ from tqdm import tqdm
 from cases.groups import LAB_ADMIN, PATHOLOGIST
 from cases.models import Case, CaseAssignment, Patient
 from cases.registration import register_slide
-from inference.engine.synth import generate_slide
 from inference.registry import register_shipped_models
+from inference.tools.synth import generate_slide
 
 DEMO_PASSWORD = "mitolens-demo"
 USERS = [

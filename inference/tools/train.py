@@ -23,16 +23,12 @@ from scipy import ndimage
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..engine.model_io import CLASSIFIER_DEFAULTS, DETECTOR_DEFAULTS, ModelSpec
+from ..engine.networks import CenterNet, build_classifier
+from ..engine.slide_io import Scale, open_slide, read_region, slide_mpp
+from ..engine.vocabulary import PHASES
 from . import synth
-from .model_io import CLASSIFIER_DEFAULTS, DETECTOR_DEFAULTS, ModelSpec
-from .networks import (
-    PHASES,
-    CenterNet,
-    build_classifier,
-    centernet_loss,
-    centernet_targets,
-)
-from .slide_io import Scale, open_slide, read_region, slide_mpp
+from .centernet import centernet_loss, centernet_targets
 
 NON_MITOTIC = PHASES.index("non_mitotic")
 
@@ -485,8 +481,8 @@ def train_shipped_models(
 ) -> TrainedModels:
     """Make the recipe's slides, train both networks, and pick the detector's operating
     point (best MIDOG F1 of the whole pipeline) on the validation slides."""
+    from ..engine.model_io import CenterNetDetector, PhaseClassifier
     from .evaluate import best_threshold, evaluate_paths  # evaluate imports the pipeline
-    from .model_io import CenterNetDetector, PhaseClassifier
 
     train_paths = make_slides(recipe.train, work_dir / "train", processes)
     val_paths = make_slides(recipe.validation, work_dir / "validation", processes)
@@ -564,8 +560,8 @@ def mil_examples(slide_path: Path, rng: np.random.Generator, min_tissue: float =
     """Every bag of the slide on tissue (grid at a random offset), labelled tumour when at
     least 15 % of it is tumour and non-tumour when under 1 %; bags in between are left out
     because their label is uncertain."""
-    from .mil import GRID, INSTANCE_PX, MIL_MPP, to_instances, tumour_fractions
-    from .tissue import detect_tissue
+    from ..engine.mil import GRID, INSTANCE_PX, MIL_MPP, to_instances, tumour_fractions
+    from ..engine.tissue import detect_tissue
 
     truth = load_truth(slide_path)
     with open_slide(slide_path) as slide:
@@ -611,7 +607,7 @@ def concat_mil(parts: Iterable[MilData]) -> MilData:
 def train_mil(data: MilData, settings: TrainSettings, log: Callable[[str], None]):
     """Train a gated-attention MIL network on bags (class-balanced draws, flips/rotations
     of whole bags). Returns the MilModel with the data's normalisation."""
-    from .mil import GatedAttentionMIL, MilModel, bag_loss, normalise_bags
+    from ..engine.mil import GatedAttentionMIL, MilModel, bag_loss, normalise_bags
 
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)

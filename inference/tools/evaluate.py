@@ -11,12 +11,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .detect import DetectionScore, match_points, midog_score
-from .model_io import Detector, PhaseClassifier
-from .networks import PHASES
-from .pipeline import run_slide
-
-MITOTIC_PHASES = PHASES[:4]
+from ..engine.model_io import Detector, PhaseClassifier
+from ..engine.pipeline import run_slide
+from ..engine.vocabulary import MITOTIC_PHASES, PHASES
+from .scoring import DetectionScore, match_points, midog_score
 
 
 def counted(findings: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:

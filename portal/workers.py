@@ -1,0 +1,74 @@
+"""The RQ worker every ``manage.py rqworker`` runs (settings.RQ["WORKER_CLASS"])."""
+
+import contextlib
+import os
+from collections.abc import Iterable
+from importlib import import_module
+
+from django.conf import settings
+from django.db import connections
+from rq import Worker as RQWorker
+from rq.callbacks import execute_failure_callback
+
+
+class WorkHorseKilled(Exception):
+    """The process running a job ended without finishing it (killed by a signal)."""
+
+
+def heartbeat_seconds() -> int:
+    """How often a worker heartbeats its running job: a quarter of RUN_LOST_AFTER_SECONDS,
+    so a live worker is never taken for a lost one."""
+    return max(1, settings.RUN_LOST_AFTER_SECONDS // 4)
+
+
+# What a worker imports once, before it forks a work horse per job, by the queues it
+# serves: the engine (torch, torchvision, captum), which web processes never load.
+PRELOAD = {
+    "inference": ("inference.engine.pipeline", "inference.engine.mil"),
+    "explain": ("inference.engine.attribution", "inference.engine.model_io"),
+}
+
+
+def preload(queue_names: Iterable[str]) -> None:
+    """Import the engine modules the jobs of ``queue_names`` use."""
+    for name in queue_names:
+        for module in PRELOAD.get(name, ()):
+            import_module(module)
+
+
+class Worker(RQWorker):
+    """RQ's forking worker, with four differences:
+
+    - it heartbeats a running job every RUN_LOST_AFTER_SECONDS / 4 (RQ: every 30 s), so a
+      job whose heartbeat is older than RUN_LOST_AFTER_SECONDS has lost its worker
+      (inference.jobs.reconcile);
+    - a job whose work horse is killed (e.g. out of memory) gets its failure callback at
+      once, as RQ gives one to a job whose whole worker vanished (AbandonedJobError);
+    - it forks with no database connection open, which a callback run here may have left;
+    - it imports the engine its queues' jobs use (``PRELOAD``) before its first fork, so
+      no job pays for importing torch.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("job_monitoring_interval", heartbeat_seconds())
+        super().__init__(*args, **kwargs)
+
+    def work(self, *args, **kwargs):
+        preload(self.queue_names())
+        return super().work(*args, **kwargs)
+
+    def fork_work_horse(self, job, queue):
+        connections.close_all()  # parent and horse must never share a connection's socket
+        super().fork_work_horse(job, queue)
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        if job.failure_callback is None:
+            return
+        how = f"signal {os.WTERMSIG(ret_val)}" if os.WIFSIGNALED(ret_val) else f"status {ret_val}"
+        error = WorkHorseKilled(
+            f"its work process was killed ({how}), for example for lack of memory"
+        )
+        with contextlib.suppress(Exception):  # RQ logged it; the run is reconciled when read
+            execute_failure_callback(job, self.death_penalty_class, WorkHorseKilled, error, None)
+        connections.close_all()
