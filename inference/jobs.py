@@ -244,10 +244,18 @@ def reconcile(run: InferenceRun) -> InferenceRun:
     return reconcile_runs([run])[0]
 
 
+def fail_lost_runs() -> None:
+    """Fail every queued or running run whose RQ job can no longer finish it (workers call
+    this on each maintenance tick)."""
+    reconcile_runs(
+        InferenceRun.objects.exclude(status__in=InferenceRun.FINISHED).exclude(job_id="")
+    )
+
+
 def reconcile_runs(runs: Iterable[InferenceRun]) -> list[InferenceRun]:
     """The runs, with each queued or running one failed if its RQ job can no longer finish
     it: the job ended without finishing the run, is gone, or its worker has sent no
-    heartbeat for RUN_LOST_AFTER_SECONDS (killed, or its machine went down).
+    heartbeat for half of RUN_LOST_AFTER_SECONDS (killed, or its machine went down).
 
     One round trip to Redis; raises RedisError when Redis is down (callers that only show
     runs catch it and show what the database says).
@@ -278,7 +286,7 @@ def _why_unfinishable(run: InferenceRun, job: Job | None) -> str:
     if status == JobStatus.STARTED:
         beat = job.last_heartbeat or job.started_at
         silent = (timezone.now() - beat).total_seconds() if beat else 0
-        return WORKER_LOST if silent > settings.RUN_LOST_AFTER_SECONDS else ""
+        return WORKER_LOST if silent > settings.RUN_LOST_AFTER_SECONDS / 2 else ""
     if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
         result = job.latest_result()
         reason = ((result.exc_string if result else "") or "").strip()

@@ -1,6 +1,7 @@
 """The RQ worker every ``manage.py rqworker`` runs (settings.RQ["WORKER_CLASS"])."""
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterable
 from importlib import import_module
@@ -10,14 +11,22 @@ from django.db import connections
 from rq import Worker as RQWorker
 from rq.callbacks import execute_failure_callback
 
+log = logging.getLogger(__name__)
+
 
 class WorkHorseKilled(Exception):
     """The process running a job ended without finishing it (killed by a signal)."""
 
 
 def heartbeat_seconds() -> int:
-    """How often a worker heartbeats its running job: a quarter of RUN_LOST_AFTER_SECONDS,
-    so a live worker is never taken for a lost one."""
+    """How often a worker heartbeats its running job: an eighth of RUN_LOST_AFTER_SECONDS,
+    so a live worker is never taken for a lost one (lost = silent for half of it)."""
+    return max(1, settings.RUN_LOST_AFTER_SECONDS // 8)
+
+
+def maintenance_seconds() -> int:
+    """How often an idle worker wakes to clean registries and fail lost runs: a quarter of
+    RUN_LOST_AFTER_SECONDS, so silence (half) plus the next check stays within the bound."""
     return max(1, settings.RUN_LOST_AFTER_SECONDS // 4)
 
 
@@ -37,11 +46,14 @@ def preload(queue_names: Iterable[str]) -> None:
 
 
 class Worker(RQWorker):
-    """RQ's forking worker, with four differences:
+    """RQ's forking worker, with five differences:
 
-    - it heartbeats a running job every RUN_LOST_AFTER_SECONDS / 4 (RQ: every 30 s), so a
-      job whose heartbeat is older than RUN_LOST_AFTER_SECONDS has lost its worker
-      (inference.jobs.reconcile);
+    - it heartbeats a running job every RUN_LOST_AFTER_SECONDS / 8 (RQ: every 30 s), so a
+      job silent for half of RUN_LOST_AFTER_SECONDS has lost its worker
+      (inference.jobs.reconcile_runs);
+    - every RUN_LOST_AFTER_SECONDS / 4 it runs RQ's maintenance and fails the runs whose
+      worker was lost, so every live worker, whatever its queues, keeps the bound with no
+      page open (RQ's own abandoned-job cleanup comes minutes later);
     - a job whose work horse is killed (e.g. out of memory) gets its failure callback at
       once, as RQ gives one to a job whose whole worker vanished (AbandonedJobError);
     - it forks with no database connection open, which a callback run here may have left;
@@ -51,7 +63,21 @@ class Worker(RQWorker):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("job_monitoring_interval", heartbeat_seconds())
+        kwargs["maintenance_interval"] = maintenance_seconds()
+        # An idle worker blocks on the queues for worker_ttl - 15 s between maintenance
+        # checks; a killed one also drops out of /healthz's count after worker_ttl.
+        kwargs["worker_ttl"] = maintenance_seconds() + 15
         super().__init__(*args, **kwargs)
+
+    def run_maintenance_tasks(self):
+        super().run_maintenance_tasks()
+        from inference.jobs import fail_lost_runs
+
+        try:
+            fail_lost_runs()
+        except Exception:  # never stop a worker over it; the next tick tries again
+            log.exception("could not check for lost runs")
+        connections.close_all()
 
     def work(self, *args, **kwargs):
         preload(self.queue_names())
