@@ -36,9 +36,9 @@ from tqdm import tqdm  # noqa: E402
 from inference.engine.model_io import load_classifier, load_detector  # noqa: E402
 from inference.engine.patches import PatchDataset, model_input, patch_grid  # noqa: E402
 from inference.engine.pipeline import run_slide  # noqa: E402
-from inference.engine.slide_io import Scale, open_slide, read_region, slide_mpp  # noqa: E402
 from inference.engine.tissue import detect_tissue  # noqa: E402
 from inference.tools.synth import generate_slide  # noqa: E402
+from slides import Scale, open_slide, read_region, slide_mpp  # noqa: E402
 
 MODELS = ROOT / "models"
 

@@ -1,10 +1,9 @@
 """Deep Zoom tiles from OpenSlide: open slides in a bounded LRU, rendered tiles on disk.
 
-One OpenSlideCache is shared by every open slide so decoded source tiles stay
-within one memory budget however many slides are open. Plain tiled TIFF slides
-(generic TIFF, Aperio SVS) have their source tiles decoded by tifffile instead of
-composited by OpenSlide (same pixels, a fraction of the CPU: see
-inference/engine/tiled_tiff.py), with the same budget split between open slides.
+Open slides come from slides.cache.SlideHandles, whose one memory budget for decoded
+source tiles holds however many slides are open. Plain tiled TIFF slides (generic TIFF,
+Aperio SVS) have their source tiles decoded by tifffile instead of composited by
+OpenSlide (same pixels, a fraction of the CPU: see slides/tiled_tiff.py).
 Rendered JPEG tiles are kept as files under TILE_CACHE_DIR, keyed by the slide's
 sha256 and the tile settings, so every web process (and a pre-rendering worker)
 shares them and they outlive restarts; the operating system's page cache keeps
@@ -20,7 +19,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
@@ -31,8 +29,8 @@ from django.conf import settings
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
-from inference.engine.slide_io import CHUNK_PX, downscaled_region
-from inference.engine.tiled_tiff import ReadTooLarge, TiledTiffSlide
+from slides import ReadTooLarge, SlideHandles, TiledTiffSlide
+from slides.io import CHUNK_PX, downscaled_region
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +38,7 @@ log = logging.getLogger(__name__)
 class BoundedDeepZoomGenerator(DeepZoomGenerator):
     """OpenSlide's DeepZoomGenerator, except that the tiles of Deep Zoom levels zoomed out
     past the slide's levels, whose source regions are larger than a chunk, are read in
-    chunks (same pixels: slide_io.downscaled_region)."""
+    chunks (same pixels: slides.io.downscaled_region)."""
 
     def __init__(self, osr: openslide.AbstractSlide, *args, **kwargs) -> None:
         super().__init__(osr, *args, **kwargs)
@@ -75,48 +73,15 @@ class OpenedSlide:
     deepzoom: DeepZoomGenerator
 
 
-class SlideHandles:
-    """A bounded, thread-safe LRU of open slides keyed by file path."""
-
-    def __init__(self, max_slides: int, cache_bytes: int):
-        self.max_slides = max_slides
-        self.shared_cache = openslide.OpenSlideCache(cache_bytes)
-        self.tile_cache_bytes = cache_bytes // max_slides
-        self._open: OrderedDict[str, OpenedSlide] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, path: Path) -> OpenedSlide:
-        key = str(path)
-        with self._lock:
-            if key in self._open:
-                self._open.move_to_end(key)
-                return self._open[key]
-        opened = self._open_slide(path)
-        with self._lock:
-            self._open[key] = opened
-            self._open.move_to_end(key)
-            while len(self._open) > self.max_slides:
-                # Closing would break a tile still being read on another thread;
-                # dropping the reference lets the handle close once unused.
-                self._open.popitem(last=False)
-        return opened
-
-    def forget(self, path: Path, opened: OpenedSlide) -> None:
-        """Drop ``opened`` (if still the open handle of ``path``): the next read reopens."""
-        with self._lock:
-            if self._open.get(str(path)) is opened:
-                del self._open[str(path)]
-
-    def _open_slide(self, path: Path) -> OpenedSlide:
-        slide = TiledTiffSlide(path, cache_bytes=self.tile_cache_bytes)
-        slide.set_cache(self.shared_cache)
-        deepzoom = BoundedDeepZoomGenerator(
-            slide,
-            tile_size=settings.DEEPZOOM_TILE_SIZE,
-            overlap=settings.DEEPZOOM_OVERLAP,
-            limit_bounds=False,
-        )
-        return OpenedSlide(slide, deepzoom)
+def _with_deepzoom(slide: TiledTiffSlide) -> OpenedSlide:
+    """The slide with its Deep Zoom generator, for the open-slide cache to keep."""
+    deepzoom = BoundedDeepZoomGenerator(
+        slide,
+        tile_size=settings.DEEPZOOM_TILE_SIZE,
+        overlap=settings.DEEPZOOM_OVERLAP,
+        limit_bounds=False,
+    )
+    return OpenedSlide(slide, deepzoom)
 
 
 @dataclass(frozen=True)
@@ -192,7 +157,7 @@ class DamageLog:
             return len(bad)
 
 
-handles = SlideHandles(settings.SLIDE_CACHE_SLIDES, settings.SLIDE_CACHE_BYTES)
+handles = SlideHandles(settings.SLIDE_CACHE_SLIDES, settings.SLIDE_CACHE_BYTES, _with_deepzoom)
 tile_grants = TileGrants(settings.TILE_GRANT_SECONDS)
 damage_log = DamageLog()
 

@@ -1,6 +1,7 @@
-"""Every form and query string of the pages is parsed by a form here (the API's by the
-serializers in the api modules, with the same bounds): garbage is a 400 that names the
-field and says why, never a 500 and never a silent cut."""
+"""Every form and query string of the pages is parsed by a form (here and in review.forms;
+the API's by the serializers in the api modules, with the same bounds): garbage is a 400
+that names the field and says why, never a 500 and never a silent cut. The helpers here
+turn a refused form into that answer."""
 
 from datetime import date
 
@@ -9,11 +10,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import JsonResponse
-
-from inference.models import Finding
-
-from . import review
-from .models import Case, Decision
 
 MAX_ID = 2**63 - 1  # ids are 64-bit (BigAutoField); a bigger number is no id, not a crash
 EARLIEST_DATE, LATEST_DATE = date(1900, 1, 1), date(2999, 12, 31)
@@ -53,14 +49,6 @@ def flash_errors(request, form: forms.Form) -> None:
         messages.error(request, sentence)
 
 
-class QueueFilterForm(forms.Form):
-    q = forms.CharField(required=False, max_length=100, label="Search accession or patient")
-    status = forms.ChoiceField(
-        required=False, choices=[("", "Open cases"), ("all", "All")] + Case.Status.choices
-    )
-    page = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID)
-
-
 class SlideUploadForm(forms.Form):
     file = forms.FileField(label="Slide file")
     label = forms.CharField(required=False, max_length=64, help_text="e.g. block A1, H&E")
@@ -75,41 +63,3 @@ class SlideUploadForm(forms.Form):
 
 class ThumbnailForm(forms.Form):
     size = forms.ChoiceField(required=False, choices=[("small", "small"), ("large", "large")])
-
-
-class DecisionForm(forms.Form):
-    """A decision from the viewer; the API's DecisionSerializer has the same rules."""
-
-    verdict = forms.ChoiceField(choices=Decision.Verdict.choices)
-    corrected_phase = forms.ChoiceField(
-        required=False, choices=[("", "none"), *Finding.Phase.choices]
-    )
-    reason = forms.ChoiceField(required=False, choices=Decision.Reason.choices)
-    comment = forms.CharField(required=False, validators=[review.validate_comment])
-
-
-class AddedFindingForm(forms.Form):
-    """A mitosis the AI missed, at level-0 pixels (finite numbers only)."""
-
-    x = forms.FloatField(min_value=0)
-    y = forms.FloatField(min_value=0)
-    phase = forms.ChoiceField(choices=[(p, p) for p in review.MITOTIC_PHASES])
-
-
-class SignOutForm(forms.Form):
-    final_mitotic_count = forms.IntegerField(min_value=0, max_value=review.MAX_FINAL_COUNT)
-    final_grade = forms.CharField(required=False, max_length=review.FINAL_GRADE_MAX_CHARS)
-    confirm = forms.ChoiceField(
-        label="Confirmation",
-        choices=[("yes", "yes")],
-        error_messages={
-            "required": "Tick the confirmation to sign the case out.",
-            "invalid_choice": "Tick the confirmation to sign the case out.",
-        },
-    )
-
-
-class ReopenForm(forms.Form):
-    reason = forms.CharField(
-        max_length=500, error_messages={"required": "Give a reason for reopening the case."}
-    )

@@ -99,7 +99,7 @@ class Case(models.Model):
         return self.accession
 
     def get_absolute_url(self) -> str:
-        return reverse("cases:detail", args=[self.pk])
+        return reverse("review:detail", args=[self.pk])
 
 
 class CaseAssignment(models.Model):
@@ -175,7 +175,7 @@ class Slide(models.Model):
         return f"{self.case.accession} · {self.original_name}"
 
     def get_absolute_url(self) -> str:
-        return reverse("cases:viewer", args=[self.pk])
+        return reverse("review:viewer", args=[self.pk])
 
     @property
     def mpp(self) -> float | None:
@@ -201,45 +201,6 @@ def is_lab_admin(user) -> bool:
     if cached is None:
         cached = user._is_lab_admin = user.groups.filter(name="lab_admin").exists()
     return cached
-
-
-class Decision(models.Model):
-    """A pathologist's verdict on a finding. Never edited: a changed mind is a new row,
-    and the latest row per (finding, reviewer) is that reviewer's current decision."""
-
-    class Verdict(models.TextChoices):
-        AGREE = "agree", "Agree"
-        DISAGREE = "disagree", "Disagree"
-        UNCERTAIN = "uncertain", "Uncertain"
-
-    class Reason(models.TextChoices):
-        NONE = "", "—"
-        LOOKALIKE = "lookalike", "Look-alike (apoptosis, pyknosis, lymphocyte)"
-        ARTEFACT = "artefact", "Artefact / out of focus"
-        OUTSIDE_TUMOUR = "outside_tumour", "Outside the tumour"
-        DUPLICATE = "duplicate", "Duplicate of another finding"
-        POOR_QUALITY = "poor_quality", "Image quality too poor to call"
-        OTHER = "other", "Other (see comment)"
-
-    finding = models.ForeignKey(
-        "inference.Finding", on_delete=models.PROTECT, related_name="decisions"
-    )
-    reviewer = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="decisions"
-    )
-    verdict = models.CharField(max_length=10, choices=Verdict.choices)
-    corrected_phase = models.CharField(max_length=12, blank=True)
-    reason = models.CharField(max_length=16, choices=Reason.choices, blank=True)
-    comment = models.TextField(blank=True, max_length=2000)
-    blinded = models.BooleanField(default=False, help_text="AI output was hidden when decided")
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-    class Meta:
-        ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["finding", "reviewer", "-id"])]
-
-    def __str__(self) -> str:
-        return f"{self.reviewer} {self.verdict} finding {self.finding_id}"
 
 
 class AuditEvent(models.Model):

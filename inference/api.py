@@ -15,9 +15,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cases.api_params import id_field, parsed
-from cases.services import Slide, blinded_for, decided_finding_ids, is_lab_admin, visible_cases
+from cases.services import Slide, is_lab_admin, visible_cases
 
 from . import explain, services
+from .blinding import blinded_for, revealed_finding_ids
 from .models import Finding, InferenceRun
 
 
@@ -204,7 +205,7 @@ class FindingViewSet(viewsets.ReadOnlyModelViewSet):
         hidden = set()
         for slide in slides:
             if blinded_for(self.request.user, slide.case):
-                revealed = decided_finding_ids(self.request.user, slide)
+                revealed = revealed_finding_ids(self.request.user, slide)
                 hidden |= set(
                     slide.findings.filter(source="ai")
                     .exclude(pk__in=revealed)

@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from .engine.slide_io import Scale, read_region
+from slides import Scale, read_region
 
 CROP_MPP = 0.25
 CROP_PX = 256

@@ -15,9 +15,9 @@ from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from cases.services import open_slide
+from cases.services import shared_slide
+from slides import Scale, read_region
 
-from .engine.slide_io import Scale, read_region
 from .engine.vocabulary import ATTRIBUTION_METHODS as METHODS
 from .engine.vocabulary import SIGNED_METHODS as SIGNED
 from .models import Explanation, Finding, ModelVersion
@@ -91,7 +91,7 @@ def read_crop(finding: Finding, version: ModelVersion) -> np.ndarray:
     x, y, size, mpp = crop_geometry(finding, version)
     slide = finding.slide
     scale = Scale.between((slide.mpp, slide.mpp), mpp)
-    return np.asarray(read_region(open_slide(slide), (x, y), (size, size), scale))
+    return np.asarray(read_region(shared_slide(slide), (x, y), (size, size), scale))
 
 
 def cached(finding: Finding, version: ModelVersion, target: str):

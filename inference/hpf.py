@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 from django.conf import settings
 
-from cases.services import open_slide
+from cases.services import shared_slide
 
 from .engine.hpf import HpfResult, hpf_counts
 from .engine.tissue import detect_tissue
@@ -63,7 +63,7 @@ def compute_ai_map(run: InferenceRun) -> HpfMap:
         points,
         (slide.width, slide.height),
         slide.mpp,
-        tissue=detect_tissue(open_slide(slide)),
+        tissue=detect_tissue(shared_slide(slide)),
         hpf_area_mm2=settings.HPF_AREA_MM2,
         min_tissue=settings.HPF_MIN_TISSUE,
     )

@@ -16,8 +16,8 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job, JobStatus
 
 from cases.services import record_audit
+from slides import open_slide
 
-from .engine.slide_io import open_slide
 from .engine.tissue import detect_tissue
 from .engine.vocabulary import MITOTIC_PHASES
 from .hpf import compute_ai_map

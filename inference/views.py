@@ -14,16 +14,15 @@ from django.views.decorators.http import require_GET, require_POST
 
 from cases.forms import form_refusal
 from cases.services import (
-    blinded_for,
-    decided_finding_ids,
     is_lab_admin,
-    open_slide,
+    shared_slide,
     visible_case,
     visible_cases,
     visible_slide,
 )
 
 from . import explain, services
+from .blinding import blinded_for, hides, revealed_finding_ids
 from .crops import finding_crop_image
 from .forms import CropForm
 from .heatmap import heatmap_png
@@ -127,7 +126,7 @@ def slide_findings(request, slide_id: int):
     data["score"] = [None if v is None else round(v, 4) for v in data["score"]]
     blinded = blinded_for(request.user, slide.case)
     if blinded:  # reader study: the AI's call stays hidden until this reader decides
-        revealed = decided_finding_ids(request.user, slide)
+        revealed = revealed_finding_ids(request.user, slide)
         for i, finding_id in enumerate(data["id"]):
             if finding_id not in revealed and data["source"][i] == Finding.Source.AI:
                 data["score"][i], data["phase"][i] = None, "hidden"
@@ -160,11 +159,7 @@ def finding_detail(request, finding_id: int):
     """One finding for the viewer's panel: where it is, what the AI said, with which models."""
     finding = _visible_finding(request, finding_id)
     run = finding.run
-    hidden = (
-        finding.source == Finding.Source.AI
-        and blinded_for(request.user, finding.slide.case)
-        and finding.pk not in decided_finding_ids(request.user, finding.slide)
-    )
+    hidden = hides(request.user, finding)
     return JsonResponse(
         {
             "id": finding.pk,
@@ -197,7 +192,7 @@ def finding_crop(request, finding_id: int):
     if not form.is_valid():
         return form_refusal(form)
     size, mpp = form.size_and_scale()
-    image = finding_crop_image(open_slide(slide), slide.mpp, finding.x, finding.y, size, mpp)
+    image = finding_crop_image(shared_slide(slide), slide.mpp, finding.x, finding.y, size, mpp)
     buffer = BytesIO()
     image.save(buffer, "jpeg", quality=90)
     response = HttpResponse(buffer.getvalue(), content_type="image/jpeg")
@@ -258,11 +253,7 @@ METHOD_NOTES = {
 
 def _explainable_finding(request, finding_id: int) -> Finding:
     finding = _visible_finding(request, finding_id)
-    if (
-        finding.source == Finding.Source.AI
-        and blinded_for(request.user, finding.slide.case)
-        and finding.pk not in decided_finding_ids(request.user, finding.slide)
-    ):
+    if hides(request.user, finding):
         raise PermissionDenied("The AI's evidence stays hidden until you decide (blinded case).")
     return finding
 

@@ -4,12 +4,12 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from cases.api import AuditExportView, CaseViewSet, DecisionViewSet, SlideViewSet
 from inference.api import FindingViewSet, HpfView, RunViewSet
+from review.api import AuditExportView, DecisionViewSet, ReviewCaseViewSet, ReviewSlideViewSet
 
 router = DefaultRouter()
-router.register("cases", CaseViewSet, basename="case")
-router.register("slides", SlideViewSet, basename="slide")
+router.register("cases", ReviewCaseViewSet, basename="case")
+router.register("slides", ReviewSlideViewSet, basename="slide")
 router.register("runs", RunViewSet, basename="run")
 router.register("findings", FindingViewSet, basename="finding")
 

@@ -22,4 +22,5 @@ urlpatterns = [
     path("api/", include("portal.api")),
     path("", include("inference.urls")),
     path("", include("cases.urls")),
+    path("", include("review.urls")),
 ]

@@ -1,4 +1,4 @@
-"""Slide access: open with OpenSlide, physical scale, regions resampled to a target µm/px.
+"""Reading slides: open one, read regions resampled to a target µm/px, thumbnails.
 
 Coordinates are continuous level-0 pixel coordinates: pixel ``i`` spans ``[i, i + 1)``.
 A region read at a target µm/px covers ``scale = target_mpp / slide_mpp`` level-0 pixels
@@ -23,21 +23,10 @@ WHITE = (255, 255, 255)
 CHUNK_PX = 1280
 # The most pixels one downscaled read may decode: it bounds work, not memory. A slide is
 # registered only if every level a thumbnail or the zoomed-out Deep Zoom levels read whole
-# fits, and so does any region read between two levels (read_bounds_problem).
+# fits, and so does any region read between two levels (validate.read_bounds_problem).
 SCAN_PIXELS_MAX = 1 << 27
 # The largest thumbnail any reader asks for (tissue detection's).
 THUMBNAIL_PX_MAX = 2048
-# The largest region, in output px a side, any reader asks for at once (a Deep Zoom tile
-# with its overlap, a detection patch, a finding crop, a MIL bag), with room to spare.
-REGION_PX = 512
-# JPEG, deflate and LZW of a blank RGB tile reach a few hundred pixels a byte; a file that
-# declares far more pixels than that per byte is forged or broken, whatever its levels say.
-PIXELS_PER_BYTE_MAX = 10_000
-PYRAMID_ADVICE = "save the slide as a pyramidal TIFF, with a level every 2× or 4×"
-
-
-class MissingMppError(ValueError):
-    """The slide does not declare its µm/px and no override was given."""
 
 
 @dataclass(frozen=True)
@@ -54,46 +43,19 @@ class Scale:
 
 
 def open_slide(path: str | PathLike[str]) -> TiledTiffSlide:
-    """Open a whole-slide image with OpenSlide (raises OpenSlideError if unreadable); plain
-    tiled TIFF levels are read from their decoded tiles (same pixels, less CPU)."""
+    """A fresh reader of the whole-slide image at ``path``, the caller's to close: OpenSlide
+    (raises OpenSlideError if unreadable), with plain tiled TIFF levels read from their
+    decoded tiles (same pixels, less CPU)."""
     return TiledTiffSlide(str(path))
-
-
-def slide_mpp(
-    slide: openslide.OpenSlide, override: float | tuple[float, float] | None = None
-) -> tuple[float, float]:
-    """Return the slide's (x, y) µm/px; ``override`` wins; never guessed.
-
-    Raises MissingMppError when the slide has no ``openslide.mpp-x``/``mpp-y`` and
-    no override is given.
-    """
-    if override is not None:
-        mpp = (override, override) if isinstance(override, int | float) else tuple(override)
-        return _validated(mpp[0], mpp[1])
-    props = slide.properties
-    try:
-        return _validated(
-            float(props[openslide.PROPERTY_NAME_MPP_X]),
-            float(props[openslide.PROPERTY_NAME_MPP_Y]),
-        )
-    except (KeyError, ValueError) as exc:
-        raise MissingMppError(
-            "slide has no openslide.mpp-x/mpp-y; give its µm/px explicitly (mpp override)"
-        ) from exc
-
-
-def _validated(mpp_x: float, mpp_y: float) -> tuple[float, float]:
-    if not (math.isfinite(mpp_x) and math.isfinite(mpp_y) and mpp_x > 0 and mpp_y > 0):
-        raise MissingMppError(f"invalid µm/px ({mpp_x}, {mpp_y})")
-    return float(mpp_x), float(mpp_y)
 
 
 def best_level(slide: openslide.OpenSlide, downsample: float) -> int:
     """The coarsest level whose downsample does not exceed ``downsample``."""
-    return _coarsest_within(slide.level_downsamples, downsample)
+    return coarsest_level(slide.level_downsamples, downsample)
 
 
-def _coarsest_within(level_downsamples: tuple[float, ...], downsample: float) -> int:
+def coarsest_level(level_downsamples: tuple[float, ...], downsample: float) -> int:
+    """Of levels with these downsamples, the coarsest not exceeding ``downsample`` (else 0)."""
     eligible = [
         (ds, level) for level, ds in enumerate(level_downsamples) if ds <= downsample * (1 + 1e-6)
     ]
@@ -207,43 +169,3 @@ def _fitted(size: tuple[int, int], bounds: tuple[int, int]) -> tuple[int, int]:
     y = bound_x / aspect
     y = min(math.floor(y), math.ceil(y), key=lambda n: abs(aspect - bound_x / n) if n else 0)
     return bound_x, max(y, 1)
-
-
-def read_bounds_problem(
-    level_dimensions: tuple[tuple[int, int], ...],
-    level_downsamples: tuple[float, ...],
-    file_bytes: int,
-) -> str | None:
-    """Why reads of a slide with these levels cannot be bounded, or None when they can.
-
-    A thumbnail reads the level OpenSlide picks for it whole (up to THUMBNAIL_PX_MAX), the
-    zoomed-out Deep Zoom levels the smallest level, and a view between two levels up to
-    ``REGION_PX`` times their downsample ratio a side of the finer one: all must stay
-    within SCAN_PIXELS_MAX. The file must also hold at least a byte per
-    PIXELS_PER_BYTE_MAX pixels it declares.
-    """
-    width, height = level_dimensions[0]
-    if width * height > PIXELS_PER_BYTE_MAX * max(file_bytes, 1):
-        return (
-            f"it declares {width}×{height} px in {file_bytes / 1024:,.0f} KB, more pixels per"
-            " byte than any image compression gives: the file is damaged or forged"
-        )
-    for_thumbnail = _coarsest_within(level_downsamples, max(width, height) / THUMBNAIL_PX_MAX)
-    for level in sorted({for_thumbnail, len(level_dimensions) - 1}):
-        w, h = level_dimensions[level]
-        if w * h > SCAN_PIXELS_MAX:
-            return (
-                f"thumbnails and the zoomed-out view would read its {w}×{h} px level {level}"
-                f" whole (at most {SCAN_PIXELS_MAX / 1e6:.0f} Mpx); {PYRAMID_ADVICE}"
-            )
-    for level in range(len(level_dimensions) - 1):
-        gap = level_downsamples[level + 1] / level_downsamples[level]
-        w, h = level_dimensions[level]
-        read = min(w, math.ceil(REGION_PX * gap)) * min(h, math.ceil(REGION_PX * gap))
-        if read > SCAN_PIXELS_MAX:
-            return (
-                f"its levels {level} and {level + 1} are {gap:,.0f}× apart, so a view between"
-                f" them would read {read / 1e6:,.0f} Mpx at once (at most"
-                f" {SCAN_PIXELS_MAX / 1e6:.0f}); {PYRAMID_ADVICE}"
-            )
-    return None

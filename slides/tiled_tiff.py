@@ -42,7 +42,7 @@ Rgb = NDArray[np.uint8]
 # region (128 MiB here), Pillow and NumPy copies about as much again. Enough for the
 # largest finding crop (512 px at 2 µm/px: 4097 px a side from a 0.25 µm/px slide without
 # a pyramid); larger regions (thumbnails, zoomed-out Deep Zoom tiles) are read in chunks
-# (slide_io.downscaled_region), and anything else larger is refused.
+# (io.downscaled_region), and anything else larger is refused.
 READ_PIXELS_MAX = 1 << 25
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from cases.models import CaseAssignment
-from cases.stats import cohen_kappa
+from review.stats import cohen_kappa
 
 
 def test_cohen_kappa_against_a_worked_example():

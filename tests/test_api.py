@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
-from cases.models import Decision
 from inference.models import InferenceRun
+from review.models import Decision
 
 ROLES = ("anonymous", "other", "assigned", "admin")
 

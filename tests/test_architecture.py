@@ -1,4 +1,6 @@
-"""Web processes never import torch; workers load the engine once, before they fork."""
+"""The architecture holds: the import contracts in pyproject.toml (review -> inference ->
+cases -> slides; engine, tools and slides free of Django), web processes never import
+torch, workers load the engine once, before they fork."""
 
 import json
 import os
@@ -96,3 +98,15 @@ def test_web_modules_load_without_torch(imports) -> None:
 def test_workers_preload_the_engine_only_for_its_queues(imports) -> None:
     assert imports["light_worker"] == []
     assert imports["engine_worker"] == ["captum", "torch", "torchvision"]
+
+
+def test_the_import_contracts_hold():
+    """import-linter's contracts in pyproject.toml: every broken import chain is named."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "3 kept, 0 broken" in result.stdout

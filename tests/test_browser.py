@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cases.models import Decision
+from review.models import Decision
 from tests.browser import ARTIFACTS, CHROMIUM, SKIP_REASON, sign_in, wait_until
 
 pytestmark = [
@@ -17,7 +17,9 @@ pytestmark = [
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_pathologist_reviews_with_the_keyboard(browser, live_server, pathologist, reviewed_slide):
+def test_a_pathologist_reviews_with_the_keyboard(
+    browser, live_server, pathologist, reviewed_slide, rq_queues
+):
     page, errors = sign_in(browser, live_server.url, pathologist.username)
     case = reviewed_slide.case
     page.click(f"text={case.accession}")
@@ -63,7 +65,7 @@ def test_an_admin_exports_the_audit_csv(
     browser, live_server, lab_admin, reviewed_slide, pathologist
 ):
     finding = reviewed_slide.findings.first()
-    from cases.review import decide
+    from review.services import decide
 
     decide(finding, pathologist, "disagree", reason="lookalike")
     page, errors = sign_in(browser, live_server.url, lab_admin.username)

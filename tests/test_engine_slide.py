@@ -16,8 +16,8 @@ from inference.engine.model_io import CLASSIFIER_DEFAULTS, ModelSpec, PhaseClass
 from inference.engine.networks import build_classifier
 from inference.engine.patches import PatchDataset, patch_grid
 from inference.engine.pipeline import run_slide
-from inference.engine.slide_io import MissingMppError, Scale, open_slide, read_region, slide_mpp
 from inference.engine.tissue import detect_tissue, tissue_mask_from_rgb
+from slides import MissingMppError, Scale, open_slide, read_region, slide_mpp
 
 WIDTH, HEIGHT = 1536, 1024
 BLOB = (300, 200, 1100, 800)  # x0, y0, x1, y1 of the pink tissue rectangle (level 0)

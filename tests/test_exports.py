@@ -7,8 +7,9 @@ from datetime import date
 import pytest
 from django.core.management import call_command
 
-from cases.exports import COLUMNS, neutralise
-from cases.models import AuditEvent, Decision
+from cases.models import AuditEvent
+from review.exports import COLUMNS, neutralise
+from review.models import Decision
 
 
 @pytest.fixture

@@ -29,15 +29,9 @@ from cases import deepzoom
 from cases.models import Case, Slide
 from cases.registration import register_slide
 from inference import services
-from inference.engine.slide_io import (
-    Scale,
-    open_slide,
-    read_bounds_problem,
-    read_region,
-    thumbnail,
-)
-from inference.engine.tiled_tiff import ReadTooLarge
 from inference.models import InferenceRun
+from slides import ReadTooLarge, Scale, open_slide, read_region, thumbnail
+from slides.validate import read_bounds_problem
 from tests.conftest import run_worker_burst, subprocess_env
 
 GIB = 1024**3

@@ -10,8 +10,9 @@ from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cases.models import AuditEvent, Case, Decision, Slide
+from cases.models import AuditEvent, Case, Slide
 from inference.models import Finding, InferenceRun
+from review.models import Decision
 
 HUGE = "99999999999999999999"  # beyond 64 bits
 SUPERSCRIPT_TWO = "²"  # str.isdigit() says yes, int() says no

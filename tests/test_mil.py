@@ -14,11 +14,11 @@ from inference.engine.mil import (
     to_instances,
     tumour_fractions,
 )
-from inference.engine.slide_io import open_slide
 from inference.engine.tissue import detect_tissue
 from inference.models import MilMap
 from inference.registry import load_version
 from inference.tools.synth import generate_slide
+from slides import open_slide
 
 
 def test_gated_attention_weights_are_a_distribution_over_each_bag():

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from cases.models import Decision
 from cases.registration import register_slide
 from inference import services
 from inference.models import InferenceRun
+from review.models import Decision
 from tests.browser import ARTIFACTS, CHROMIUM, SKIP_REASON, sign_in, wait_until
 from tests.conftest import subprocess_env
 

@@ -6,8 +6,9 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from cases.models import AuditEvent, Case, CaseAssignment, Decision
+from cases.models import AuditEvent, Case, CaseAssignment
 from inference.models import Finding
+from review.models import Decision
 
 
 def findings(slide):

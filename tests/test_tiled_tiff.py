@@ -11,8 +11,8 @@ import pytest
 import tifffile
 
 from inference.engine.patches import PatchDataset, sharded_batches
-from inference.engine.slide_io import Scale, open_slide, read_region, thumbnail
-from inference.engine.tiled_tiff import ABSENT, TileCache
+from slides import Scale, open_slide, read_region, thumbnail
+from slides.tiled_tiff import ABSENT, TileCache
 
 WIDTH, HEIGHT = 1100, 900  # not a multiple of the tile size: edge tiles are partial
 

@@ -20,7 +20,8 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from .slide_io import Scale, read_region, slide_mpp
+from slides import Scale, read_region, slide_mpp
+
 from .tissue import TissueMask
 
 MIL_MPP = 2.0

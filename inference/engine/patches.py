@@ -13,8 +13,8 @@ import torch
 from numpy.typing import NDArray
 from torch.utils.data import DataLoader, Dataset
 
-from .slide_io import Scale, open_slide, read_region
-from .tiled_tiff import TiledTiffSlide
+from slides import Scale, TiledTiffSlide, open_slide, read_region
+
 from .tissue import TissueMask
 
 UNSCALED = Scale(1.0, 1.0)

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from slides import Scale, open_slide, slide_mpp
+
 from .detect import Detections, merge_detections
 from .model_io import Detector, PhaseClassifier
 from .patches import PatchDataset, make_loader, model_input, patch_grid
-from .slide_io import Scale, open_slide, slide_mpp
 from .tissue import detect_tissue
 
 ProgressFn = Callable[[str, float], None]

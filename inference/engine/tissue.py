@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 from PIL import Image
 from scipy import ndimage
 
-from .slide_io import THUMBNAIL_PX_MAX, thumbnail
+from slides.io import THUMBNAIL_PX_MAX, thumbnail
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def detect_tissue(
     slide: openslide.OpenSlide, max_size: int = THUMBNAIL_PX_MAX, **options: int
 ) -> TissueMask:
     """Tissue mask of a slide from a thumbnail of at most ``max_size`` px (read in bounded
-    chunks: slide_io.thumbnail; registration keeps its level within bounds).
+    chunks: slides.io.thumbnail; registration keeps its level within bounds).
 
     ``options`` are passed to :func:`tissue_mask_from_rgb`.
     """

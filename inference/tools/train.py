@@ -1,7 +1,7 @@
 """Training the shipped detector and phase classifier on synthetic slides.
 
 Examples are read back from synthetic slides through OpenSlide, exactly as inference
-reads them (``slide_io.read_region`` at the model's µm/px, then the model's resize), so
+reads them (``slides.read_region`` at the model's µm/px, then the model's resize), so
 the networks learn from the pixels they will see. Everything is seeded: the same
 settings give the same data and, on one machine, the same weights.
 """
@@ -23,9 +23,10 @@ from scipy import ndimage
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from slides import Scale, open_slide, read_region, slide_mpp
+
 from ..engine.model_io import CLASSIFIER_DEFAULTS, DETECTOR_DEFAULTS, ModelSpec
 from ..engine.networks import CenterNet, build_classifier
-from ..engine.slide_io import Scale, open_slide, read_region, slide_mpp
 from ..engine.vocabulary import PHASES
 from . import synth
 from .centernet import centernet_loss, centernet_targets

@@ -6,14 +6,10 @@
   const viewer = window.mitolensViewer;
   if (!element || !viewer) return;
 
-  const PHASES = {
-    prophase: { label: "Prophase", shape: "circle", key: "1" },
-    metaphase: { label: "Metaphase", shape: "square", key: "2" },
-    anaphase: { label: "Anaphase", shape: "diamond", key: "3" },
-    telophase: { label: "Telophase", shape: "triangle", key: "4" },
-    non_mitotic: { label: "Look-alike", shape: "cross", key: "" },
-    hidden: { label: "Blinded", shape: "circle", key: "" }, // reader study: not yet decided
-  };
+  // Phase names, labels, shapes and keys come from the server (review/vocabulary.py).
+  const VOCABULARY = JSON.parse(document.getElementById("mitolens-vocabulary").textContent);
+  const PHASES = Object.fromEntries(VOCABULARY.phases.map((p) => [p.name, p]));
+  PHASES.hidden = { label: "Blinded", shape: "circle", key: "", mitotic: true }; // reader study: not yet decided
   const VERDICT_COLOURS = { agree: "#00c853", disagree: "#ff1744", uncertain: "#ffab00" };
   const LOW = [255, 145, 0]; // score colour ramp: orange (at the threshold) to green (1.0)
   const HIGH = [0, 200, 83];
@@ -25,7 +21,7 @@
     visible: [], // indices that pass the filters, in list order
     selected: -1,
     threshold: 0.5,
-    phases: new Set(["prophase", "metaphase", "anaphase", "telophase", "hidden"]),
+    phases: new Set(Object.keys(PHASES).filter((name) => PHASES[name].mitotic)), // shown at first
     verdicts: new Map(), // finding id -> this reader's verdict (filled by review.js)
     show: true,
     listed: PAGE,

@@ -53,7 +53,7 @@
     findings.state.verdicts = new Map(Object.values(data.decisions).map((d) => [d.finding, d.verdict]));
     review.decisions = data.decisions;
     review.canDecide = data.can_decide;
-    $("decision-reason").innerHTML = data.reasons.map((r) => `<option value="${r.value}">${r.label}</option>`).join("");
+    $("decision-reason").innerHTML = VOCABULARY.reasons.map((r) => `<option value="${r.value}">${r.label}</option>`).join("");
     $("review-controls").hidden = !data.can_decide;
     $("review-note").hidden = data.can_decide;
     $("review-note").textContent = data.signed_out ? "This case is signed out: read-only."
@@ -146,13 +146,13 @@
     else if (button.id === "add-mode") setAdding(!review.adding);
   });
 
-  const PHASE_KEYS = { 1: "prophase", 2: "metaphase", 3: "anaphase", 4: "telophase" };
+  const VOCABULARY = JSON.parse(document.getElementById("mitolens-vocabulary").textContent);
+  const PHASE_KEYS = Object.fromEntries(VOCABULARY.phases.filter((p) => p.key).map((p) => [p.key, p.name]));
+  const VERDICT_KEYS = Object.fromEntries(VOCABULARY.verdicts.map((v) => [v.key, v.value]));
   document.addEventListener("keydown", (event) => {
     if (event.target.closest("input, textarea, select") || event.ctrlKey || event.metaKey || event.altKey) return;
     const key = event.key.toLowerCase();
-    if (key === "a") decide("agree");
-    else if (key === "d") decide("disagree");
-    else if (key === "u") decide("uncertain");
+    if (VERDICT_KEYS[key]) decide(VERDICT_KEYS[key]);
     else if (PHASE_KEYS[key]) choosePhase(PHASE_KEYS[key]);
     else if (key === "m") setAdding(!review.adding);
     else if (key === "escape") setAdding(false);

@@ -12,6 +12,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from .models import Decision
+from .vocabulary import PHASE_SIGNS
 
 COLUMNS = [
     "decision_id", "decided_at", "case", "slide_id", "slide", "finding_id", "finding_source",
@@ -123,15 +124,6 @@ def csv_lines(filters: ExportFilters) -> Iterator[str]:
         yield writer.writerow([neutralise(v) for v in _row(decision)])
 
 
-PHASE_COLOURS = {
-    "prophase": [31, 119, 180],
-    "metaphase": [214, 39, 40],
-    "anaphase": [148, 103, 189],
-    "telophase": [44, 160, 44],
-    "non_mitotic": [140, 140, 140],
-}
-
-
 def findings_geojson(findings, decisions_by_finding: dict[int, list[Decision]]) -> dict:
     """A FeatureCollection of the findings' boxes (level-0 px) as QuPath annotations,
     classified by phase, with the AI score and the decisions as properties."""
@@ -152,7 +144,7 @@ def findings_geojson(findings, decisions_by_finding: dict[int, list[Decision]]) 
                     "name": f"{f.get_phase_display()} #{f.pk}",
                     "classification": {
                         "name": f.get_phase_display(),
-                        "color": PHASE_COLOURS.get(f.phase, [255, 255, 0]),
+                        "color": PHASE_SIGNS[f.phase]["rgb"],
                     },
                     "isLocked": True,
                     "measurements": {} if f.score is None else {"AI score": round(f.score, 4)},

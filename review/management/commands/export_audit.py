@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
 from cases import audit
-from cases.exports import ExportFilters, csv_lines, decisions_for_export
+from review.exports import ExportFilters, csv_lines, decisions_for_export
 
 
 class Command(BaseCommand):

@@ -10,12 +10,12 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from cases import audit
+from cases.forms import validate_date_range
+from cases.models import Case, is_lab_admin
 from inference.models import ModelVersion
 
-from . import audit
 from .exports import ExportFilters, csv_lines
-from .forms import validate_date_range
-from .models import Case, is_lab_admin
 from .stats import agreement_statistics
 
 
@@ -71,7 +71,7 @@ def audit_export(request):
     form = ExportForm(request.GET or None)
     if "download" not in request.GET or not form.is_valid():
         status = 400 if form.is_bound and form.errors else 200
-        return render(request, "cases/audit_export.html", {"form": form}, status=status)
+        return render(request, "review/audit_export.html", {"form": form}, status=status)
     filters = form.filters()
     audit.record("audit_export", actor=request.user, request=request, details=filters.as_dict())
     response = StreamingHttpResponse(csv_lines(filters), content_type="text/csv; charset=utf-8")
@@ -83,4 +83,4 @@ def audit_export(request):
 @require_GET
 @lab_admin_required
 def agreement(request):
-    return render(request, "cases/agreement.html", {"stats": agreement_statistics()})
+    return render(request, "review/agreement.html", {"stats": agreement_statistics()})

@@ -10,13 +10,14 @@ from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
 
+from cases import audit
+from cases.models import Case, CaseAssignment, Slide
 from inference import services as ai
+from inference.engine.vocabulary import MITOTIC_PHASES
 from inference.models import Finding
 
-from . import audit
-from .models import Case, CaseAssignment, Decision, Slide
+from .models import Decision
 
-MITOTIC_PHASES = ("prophase", "metaphase", "anaphase", "telophase")
 ADDED_FINDING_RADIUS_UM = 5.0
 COMMENT_MAX_CHARS = Decision._meta.get_field("comment").max_length
 FINAL_GRADE_MAX_CHARS = Case._meta.get_field("final_grade").max_length

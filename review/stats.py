@@ -9,7 +9,7 @@ from itertools import combinations
 from inference.models import Finding
 
 from .models import Decision
-from .review import current_decisions
+from .services import current_decisions
 
 VERDICTS = [v for v, _ in Decision.Verdict.choices]
 PHASES = [p for p, _ in Finding.Phase.choices]

@@ -1,28 +1,22 @@
-"""Review endpoints for the viewer (JSON) and the case page (forms)."""
+"""The viewer's review panel (JSON): review state, decisions and their history, added
+findings, and the findings as GeoJSON for QuPath."""
 
-from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
 
+from cases import audit
+from cases.forms import form_refusal
+from cases.services import visible_slide
 from inference import services as ai
+from inference.blinding import blinded_for
 from inference.models import Finding
 
-from . import audit, review
+from . import services as review
 from .exports import findings_geojson
-from .forms import (
-    AddedFindingForm,
-    DecisionForm,
-    ReopenForm,
-    SignOutForm,
-    flash_errors,
-    form_refusal,
-)
-from .models import Decision, is_lab_admin
-from .services import blinded_for, visible_case, visible_slide
-from .views import case_page
+from .forms import AddedFindingForm, DecisionForm
+from .models import Decision
 
 
 def _visible_finding(request, finding_id: int) -> Finding:
@@ -70,7 +64,6 @@ def review_state(request, slide_id: int):
             "blinded": blinded_for(request.user, case),
             "progress": review.review_progress(slide, request.user),
             "decisions": {d.finding_id: _decision_json(d) for d in mine},
-            "reasons": [{"value": v, "label": str(label)} for v, label in Decision.Reason.choices],
             "reviewed": _reviewed_count(slide),
         }
     )
@@ -125,46 +118,6 @@ def add_finding(request, slide_id: int):
         },
         status=201,
     )
-
-
-@require_POST
-def sign_out(request, case_id: int):
-    case = visible_case(request, case_id)
-    form = SignOutForm(request.POST)
-    if not form.is_valid():
-        flash_errors(request, form)
-        return case_page(request, case, status=400)
-    try:
-        review.sign_out(
-            case,
-            request.user,
-            form.cleaned_data["final_mitotic_count"],
-            form.cleaned_data["final_grade"],
-            request=request,
-        )
-    except review.ReviewRefused as refusal:
-        messages.error(request, str(refusal))
-    else:
-        messages.success(request, f"Case {case.accession} signed out.")
-    return redirect(case)
-
-
-@require_POST
-def reopen(request, case_id: int):
-    if not is_lab_admin(request.user):
-        raise PermissionDenied("Only lab admins can reopen a signed-out case.")
-    case = visible_case(request, case_id)
-    form = ReopenForm(request.POST)
-    if not form.is_valid():
-        flash_errors(request, form)
-        return case_page(request, case, status=400)
-    try:
-        review.reopen(case, request.user, form.cleaned_data["reason"], request=request)
-    except review.ReviewRefused as refusal:
-        messages.error(request, str(refusal))
-    else:
-        messages.success(request, f"Case {case.accession} reopened.")
-    return redirect(case)
 
 
 @require_GET

@@ -1,0 +1,56 @@
+"""The review pages' forms: queue filters, decisions, added findings, sign-out, reopening."""
+
+from django import forms
+
+from cases.forms import MAX_ID
+from cases.models import Case
+from inference.models import Finding
+
+from . import services as review
+from .models import Decision
+
+
+class QueueFilterForm(forms.Form):
+    q = forms.CharField(required=False, max_length=100, label="Search accession or patient")
+    status = forms.ChoiceField(
+        required=False, choices=[("", "Open cases"), ("all", "All")] + Case.Status.choices
+    )
+    page = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID)
+
+
+class DecisionForm(forms.Form):
+    """A decision from the viewer; the API's DecisionSerializer has the same rules."""
+
+    verdict = forms.ChoiceField(choices=Decision.Verdict.choices)
+    corrected_phase = forms.ChoiceField(
+        required=False, choices=[("", "none"), *Finding.Phase.choices]
+    )
+    reason = forms.ChoiceField(required=False, choices=Decision.Reason.choices)
+    comment = forms.CharField(required=False, validators=[review.validate_comment])
+
+
+class AddedFindingForm(forms.Form):
+    """A mitosis the AI missed, at level-0 pixels (finite numbers only)."""
+
+    x = forms.FloatField(min_value=0)
+    y = forms.FloatField(min_value=0)
+    phase = forms.ChoiceField(choices=[(p, p) for p in review.MITOTIC_PHASES])
+
+
+class SignOutForm(forms.Form):
+    final_mitotic_count = forms.IntegerField(min_value=0, max_value=review.MAX_FINAL_COUNT)
+    final_grade = forms.CharField(required=False, max_length=review.FINAL_GRADE_MAX_CHARS)
+    confirm = forms.ChoiceField(
+        label="Confirmation",
+        choices=[("yes", "yes")],
+        error_messages={
+            "required": "Tick the confirmation to sign the case out.",
+            "invalid_choice": "Tick the confirmation to sign the case out.",
+        },
+    )
+
+
+class ReopenForm(forms.Form):
+    reason = forms.CharField(
+        max_length=500, error_messages={"required": "Give a reason for reopening the case."}
+    )
