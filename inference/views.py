@@ -20,6 +20,7 @@ from cases.services import (
     visible_cases,
     visible_slide,
 )
+from cases.views import slide_file_errors
 
 from . import explain, services
 from .blinding import blinded_for, hides, revealed_finding_ids
@@ -181,6 +182,7 @@ def finding_detail(request, finding_id: int):
 
 
 @require_GET
+@slide_file_errors
 def finding_crop(request, finding_id: int):
     """A square around the finding as JPEG: ``px`` pixels (32-512, default 256) at
     ``mpp`` µm/px (0.1-2, default 0.25)."""

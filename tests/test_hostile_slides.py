@@ -472,3 +472,24 @@ def test_upload_errors_name_the_users_file_never_a_server_path(
     for body in (page.content.decode(), message):
         assert "Biopsy 7.tiff" in body
         assert str(settings.SLIDE_STORE) not in body and ".incoming-" not in body
+
+
+@pytest.mark.django_db
+def test_a_crop_of_an_unreadable_slide_answers_503_without_paths(
+    client_for, pathologist, reviewed_slide, tmp_path
+):
+    """The finding crop reads the slide in the web process: a file gone bad is a 503."""
+    from cases import deepzoom
+
+    finding = reviewed_slide.findings.first()
+    path = reviewed_slide.path
+    saved = tmp_path / "kept.tiff"
+    deepzoom.handles.forget(path, deepzoom.handles.get(path))  # no handle left open on it
+    path.rename(saved)
+    path.write_bytes(b"II*\0" + b"\0" * 4096)  # a TIFF header with nothing behind it
+    try:
+        response = client_for(pathologist).get(f"/findings/{finding.pk}/crop.jpeg")
+    finally:
+        saved.replace(path)
+    assert response.status_code == 503
+    assert str(settings.SLIDE_STORE) not in response.content.decode()
