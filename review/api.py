@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
@@ -15,15 +16,14 @@ from rest_framework.views import APIView
 
 from cases import audit
 from cases.api import CaseSerializer, CaseViewSet, SlideViewSet
-from cases.api_params import id_field, parsed
-from cases.forms import validate_date_range
 from cases.models import is_lab_admin
 from inference import services as ai
 from inference.blinding import blinded_for
 from inference.models import Finding
 
 from . import services as review
-from .exports import ExportFilters, csv_lines
+from .exports import csv_lines
+from .forms import ExportFilterForm
 from .models import Decision
 
 
@@ -58,14 +58,6 @@ class AddedFindingSerializer(serializers.Serializer):
     x = serializers.FloatField(min_value=0)
     y = serializers.FloatField(min_value=0)
     phase = serializers.ChoiceField([p for p in review.MITOTIC_PHASES])
-
-
-class AuditExportFilters(serializers.Serializer):
-    date_from = serializers.DateField(required=False, validators=[validate_date_range])
-    date_to = serializers.DateField(required=False, validators=[validate_date_range])
-    case = serializers.CharField(required=False, max_length=32, help_text="accession")
-    pathologist = serializers.CharField(required=False, max_length=150, help_text="username")
-    model_version = id_field(required=False)
 
 
 def raise_refusal(refusal: review.ReviewRefused):
@@ -156,11 +148,24 @@ class AuditExportView(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(parameters=[AuditExportFilters], responses={(200, "text/csv"): str})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("date_from", OpenApiTypes.DATE),
+            OpenApiParameter("date_to", OpenApiTypes.DATE),
+            OpenApiParameter("case", str, description="accession"),
+            OpenApiParameter("pathologist", str, description="username"),
+            OpenApiParameter("model_version", int, description="model version id"),
+        ],
+        responses={(200, "text/csv"): str},
+    )
     def get(self, request):
+        """The decision report as CSV; the filters are the export page's form's."""
         if not is_lab_admin(request.user):
             raise PermissionDenied("Only lab admins can export the audit report.")
-        filters = ExportFilters(**parsed(AuditExportFilters, request.query_params))
+        form = ExportFilterForm(request.query_params)
+        if not form.is_valid():
+            raise ValidationError(form.errors)
+        filters = form.filters()
         audit.record(
             "audit_export",
             actor=request.user,

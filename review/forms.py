@@ -1,12 +1,15 @@
-"""The review pages' forms: queue filters, decisions, added findings, sign-out, reopening."""
+"""The review pages' forms: queue filters, decisions, added findings, sign-out, reopening,
+the audit export's filters."""
 
 from django import forms
+from django.contrib.auth import get_user_model
 
-from cases.forms import MAX_ID
+from cases.forms import MAX_ID, validate_date_range
 from cases.models import Case
-from inference.models import Finding
+from inference.models import Finding, ModelVersion
 
 from . import services as review
+from .exports import ExportFilters
 from .models import Decision
 
 
@@ -54,3 +57,41 @@ class ReopenForm(forms.Form):
     reason = forms.CharField(
         max_length=500, error_messages={"required": "Give a reason for reopening the case."}
     )
+
+
+class ExportFilterForm(forms.Form):
+    """Which decisions the audit report holds: the one parser of the export page, the API
+    (GET /api/audit/export/) and `manage.py export_audit`; empty fields do not filter."""
+
+    date_from = forms.DateField(
+        required=False,
+        validators=[validate_date_range],
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
+    date_to = forms.DateField(
+        required=False,
+        validators=[validate_date_range],
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
+    case = forms.ModelChoiceField(
+        Case.objects.all(), required=False, to_field_name="accession", empty_label="All cases"
+    )
+    pathologist = forms.ModelChoiceField(
+        get_user_model().objects.filter(decisions__isnull=False).distinct(),
+        required=False,
+        to_field_name="username",
+        empty_label="All pathologists",
+    )
+    model_version = forms.ModelChoiceField(
+        ModelVersion.objects.all(), required=False, empty_label="All model versions"
+    )
+
+    def filters(self) -> ExportFilters:
+        data = self.cleaned_data
+        return ExportFilters(
+            date_from=data["date_from"],
+            date_to=data["date_to"],
+            case=data["case"].accession if data["case"] else "",
+            pathologist=data["pathologist"].username if data["pathologist"] else "",
+            model_version=data["model_version"].pk if data["model_version"] else None,
+        )

@@ -5,7 +5,7 @@ import io
 from datetime import date
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from cases.models import AuditEvent
 from review.exports import COLUMNS, neutralise
@@ -114,3 +114,13 @@ def test_geojson_for_qupath(client_for, pathologist, decided):
 def test_unassigned_pathologist_gets_no_geojson(client_for, other_pathologist, decided):
     response = client_for(other_pathologist).get(f"/slides/{decided.pk}/findings.geojson")
     assert response.status_code == 404 and b"Feature" not in response.content
+
+
+@pytest.mark.django_db
+def test_export_audit_refuses_the_filters_the_page_refuses(tmp_path):
+    out = tmp_path / "report.csv"
+    with pytest.raises(CommandError, match="date_to: Enter a valid date"):
+        call_command("export_audit", "--out", str(out), "--to", "2024-02-30")
+    with pytest.raises(CommandError, match="case: Select a valid choice"):
+        call_command("export_audit", "--out", str(out), "--case", "NO-SUCH-CASE")
+    assert not out.exists()

@@ -74,10 +74,11 @@ API_FILTERS = [
     ("/api/cases/", {"accession": "S-\x00"}, "accession", "Null characters are not allowed."),
     ("/api/cases/", {"page": "0"}, "page", "greater than or equal to 1"),
     ("/api/cases/", {"page": HUGE}, "page", ID_LIMIT),
-    ("/api/audit/export/", {"model_version": HUGE}, "model_version", ID_LIMIT),
+    # the export page's form (review.forms.ExportFilterForm) parses these: its words
+    ("/api/audit/export/", {"model_version": HUGE}, "model_version", "Select a valid choice."),
     ("/api/audit/export/", {"date_from": "0001-01-01"}, "date_from", "1900-01-01 to 2999-12-31"),
-    ("/api/audit/export/", {"date_to": "2024-02-30"}, "date_to", "Date has wrong format."),
-    ("/api/audit/export/", {"case": "x" * 40}, "case", "no more than 32 characters"),
+    ("/api/audit/export/", {"date_to": "2024-02-30"}, "date_to", "Enter a valid date."),
+    ("/api/audit/export/", {"case": "x" * 40}, "case", "Select a valid choice."),
 ]
 
 

@@ -1,13 +1,14 @@
 """Write the decision audit report as CSV (the same report as the admin export page)."""
 
-from datetime import date
 from pathlib import Path
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from cases import audit
-from review.exports import ExportFilters, csv_lines, decisions_for_export
+from cases.forms import error_sentences
+from review.exports import csv_lines, decisions_for_export
+from review.forms import ExportFilterForm
 
 
 class Command(BaseCommand):
@@ -15,20 +16,18 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--out", type=Path, required=True, help="the CSV file to write")
-        parser.add_argument("--from", dest="date_from", type=date.fromisoformat)
-        parser.add_argument("--to", dest="date_to", type=date.fromisoformat)
-        parser.add_argument("--case", default="", help="accession")
-        parser.add_argument("--pathologist", default="", help="username")
-        parser.add_argument("--model-version", type=int, help="ModelVersion id")
+        parser.add_argument("--from", dest="date_from", help="YYYY-MM-DD")
+        parser.add_argument("--to", dest="date_to", help="YYYY-MM-DD")
+        parser.add_argument("--case", help="accession")
+        parser.add_argument("--pathologist", help="username")
+        parser.add_argument("--model-version", help="ModelVersion id")
 
     def handle(self, *args, out, **options):
-        filters = ExportFilters(
-            date_from=options["date_from"],
-            date_to=options["date_to"],
-            case=options["case"],
-            pathologist=options["pathologist"],
-            model_version=options["model_version"],
-        )
+        names = ("date_from", "date_to", "case", "pathologist", "model_version")
+        form = ExportFilterForm({name: options[name] or "" for name in names})
+        if not form.is_valid():  # the export page's and the API's rules, and words
+            raise CommandError("; ".join(error_sentences(form)))
+        filters = form.filters()
         total = decisions_for_export(filters).count()
         with open(out, "w", encoding="utf-8", newline="") as handle:
             lines = csv_lines(filters)
