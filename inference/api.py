@@ -23,13 +23,18 @@ from .models import Finding, InferenceRun
 
 
 class RunSerializer(serializers.ModelSerializer):
+    """A run, for the API and the case page's progress poll alike."""
+
     detector = serializers.StringRelatedField()
     classifier = serializers.StringRelatedField()
+    status_label = serializers.CharField(source="get_status_display", read_only=True)
+    finished = serializers.BooleanField(source="is_finished", read_only=True)
 
     class Meta:
         model = InferenceRun
         fields = [
-            "id", "slide", "status", "progress", "stage", "detector", "classifier",
+            "id", "slide", "status", "status_label", "finished", "progress", "stage", "detector",
+            "classifier",
             "model_hashes", "device", "parameters", "counts", "timings", "error", "created_at",
             "started_at", "finished_at",
         ]  # fmt: skip

@@ -23,6 +23,7 @@ from cases.services import (
 from cases.views import slide_file_errors
 
 from . import explain, services
+from .api import FindingSerializer, RunSerializer
 from .blinding import blinded_for, hides, revealed_finding_ids
 from .crops import finding_crop_image
 from .forms import CropForm
@@ -93,21 +94,7 @@ def case_runs(request, case_id: int):
     """Progress of a case's runs, polled by the case page while any is queued or running."""
     case = visible_case(request, case_id)
     runs = [run for slide_runs in services.runs_for_case(case).values() for run in slide_runs]
-    return JsonResponse({"runs": [run_json(run) for run in runs]})
-
-
-def run_json(run: InferenceRun) -> dict:
-    return {
-        "id": run.pk,
-        "slide": run.slide_id,
-        "status": run.status,
-        "status_label": run.get_status_display(),
-        "progress": run.progress,
-        "stage": run.stage,
-        "error": run.error.split("\n", 1)[0],
-        "findings": run.counts.get("findings"),
-        "finished": run.is_finished,
-    }
+    return JsonResponse({"runs": RunSerializer(runs, many=True).data})
 
 
 @require_GET
@@ -161,21 +148,13 @@ def finding_detail(request, finding_id: int):
     finding = _visible_finding(request, finding_id)
     run = finding.run
     hidden = hides(request.user, finding)
+    data = FindingSerializer(finding, context={"hidden_ids": {finding.pk} if hidden else ()}).data
     return JsonResponse(
         {
-            "id": finding.pk,
-            "slide": finding.slide_id,
-            "source": finding.source,
-            "x": finding.x,
-            "y": finding.y,
-            "box": [finding.box_x0, finding.box_y0, finding.box_x1, finding.box_y1],
-            "score": None if hidden else finding.score,
-            "phase": "hidden" if hidden else finding.phase,
+            **data,  # the API's shape, blinded the API's way; then what the panel shows
             "phase_label": "hidden until you decide" if hidden else finding.get_phase_display(),
-            "phase_probs": {} if hidden else finding.phase_probs,
             "blinded": hidden,
-            "run": run
-            and {"id": run.pk, "detector": str(run.detector), "classifier": str(run.classifier)},
+            "models": run and {"detector": str(run.detector), "classifier": str(run.classifier)},
             "crop_url": reverse("inference:finding_crop", args=[finding.pk]),
         }
     )

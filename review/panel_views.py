@@ -14,6 +14,7 @@ from inference.blinding import blinded_for
 from inference.models import Finding
 
 from . import services as review
+from .api import DecisionSerializer
 from .exports import findings_geojson
 from .forms import AddedFindingForm, DecisionForm
 from .models import Decision
@@ -34,20 +35,6 @@ def _reviewed_count(slide) -> dict | None:
         return {"error": str(error)}
 
 
-def _decision_json(decision: Decision) -> dict:
-    return {
-        "id": decision.pk,
-        "finding": decision.finding_id,
-        "reviewer": decision.reviewer.get_username(),
-        "verdict": decision.verdict,
-        "corrected_phase": decision.corrected_phase,
-        "reason": decision.reason,
-        "comment": decision.comment,
-        "blinded": decision.blinded,
-        "created_at": decision.created_at.isoformat(),
-    }
-
-
 @require_GET
 def review_state(request, slide_id: int):
     """What the viewer needs to review a slide: this user's current decisions, progress,
@@ -63,7 +50,7 @@ def review_state(request, slide_id: int):
             "signed_out": case.status == case.Status.SIGNED_OUT,
             "blinded": blinded_for(request.user, case),
             "progress": review.review_progress(slide, request.user),
-            "decisions": {d.finding_id: _decision_json(d) for d in mine},
+            "decisions": {d["finding"]: d for d in DecisionSerializer(mine, many=True).data},
             "reviewed": _reviewed_count(slide),
         }
     )
@@ -82,7 +69,7 @@ def decide(request, finding_id: int):
         return _refusal(str(refusal), refusal.status)
     return JsonResponse(
         {
-            "decision": _decision_json(decision),
+            "decision": DecisionSerializer(decision).data,
             "progress": review.review_progress(finding.slide, request.user),
             "reviewed": _reviewed_count(finding.slide),
         }
@@ -96,7 +83,7 @@ def decision_history(request, finding_id: int):
     decisions = finding.decisions.select_related("reviewer").order_by("id")
     if blinded_for(request.user, finding.slide.case):
         decisions = decisions.filter(reviewer=request.user)
-    return JsonResponse({"decisions": [_decision_json(d) for d in decisions]})
+    return JsonResponse({"decisions": DecisionSerializer(decisions, many=True).data})
 
 
 @require_POST

@@ -181,7 +181,7 @@
       ["Score", finding.score == null ? "–" : finding.score.toFixed(3)],
       ["Centre", `${Math.round(finding.x)}, ${Math.round(finding.y)} px`],
     ];
-    if (finding.run) facts.push(["Models", `${finding.run.detector} · ${finding.run.classifier}`]);
+    if (finding.models) facts.push(["Models", `${finding.models.detector} · ${finding.models.classifier}`]);
     $("finding-facts").innerHTML = facts.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("");
     const probs = Object.entries(finding.phase_probs || {}).sort((a, b) => b[1] - a[1]);
     $("phase-probs").innerHTML = probs.map(([phase, p]) =>
