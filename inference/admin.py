@@ -5,7 +5,7 @@ from django import forms
 from django.contrib import admin, messages
 
 from .models import Finding, InferenceRun, ModelVersion
-from .registry import ModelRejected, register_model
+from .registry import ModelRejected, activate, register_model
 
 
 class ModelUploadForm(forms.ModelForm):
@@ -109,8 +109,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one version.", messages.ERROR)
             return
         version = queryset.get()
-        ModelVersion.objects.filter(task=version.task, is_active=True).update(is_active=False)
-        ModelVersion.objects.filter(pk=version.pk).update(is_active=True)
+        activate(version, request.user)
         self.message_user(request, f"{version} is now the active {version.get_task_display()}.")
 
 

@@ -158,6 +158,33 @@ def register_model(
         raise
 
 
+def activate(version: ModelVersion, actor=None) -> ModelVersion | None:
+    """Make ``version`` its task's active version (promotion or rollback), audited with the
+    version it replaces; returns that previous version (None if there was none)."""
+    with transaction.atomic():
+        current = (
+            ModelVersion.objects.select_for_update()
+            .filter(task=version.task, is_active=True)
+            .exclude(pk=version.pk)
+            .first()
+        )
+        ModelVersion.objects.filter(task=version.task, is_active=True).update(is_active=False)
+        ModelVersion.objects.filter(pk=version.pk).update(is_active=True)
+        record_audit(
+            "model_activated",
+            actor=actor,
+            obj=version,
+            details={
+                "task": version.task,
+                "active": f"{version.name} {version.version}",
+                "sha256": version.sha256,
+                "replaced": f"{current.name} {current.version}" if current else "",
+            },
+        )
+    version.is_active = True
+    return current
+
+
 def write_card(
     store: Path,
     name: str,
