@@ -35,15 +35,27 @@ def rules() -> dict[str, dict]:
     return {**DEFAULT_RULES, **getattr(settings, "MITOTIC_GRADE_RULES", {})}
 
 
-def grade(tumour_type: str, count: int, per_mm2: float) -> tuple[str, str]:
-    """(grade label, the rule that gave it) for a hotspot count; ("", reason) without a rule."""
+def grade(tumour_type: str, count: float, per_mm2: float) -> tuple[str, str]:
+    """(grade label, the rule that gave it) for a hotspot count per 10 HPF; ("", reason)
+    without a rule. The rule names the band as a range, e.g. "Low grade: < 7 per 10 HPF"."""
     rule = rules().get(tumour_type)
     if rule is None:
         return "", "no grading rule is configured for this tumour type"
     value = count if rule["unit"] == "per_10_hpf" else per_mm2
-    label, threshold = rule["bands"][0][1], rule["bands"][0][0]
-    for cut, name in rule["bands"]:
-        if value >= cut:
-            label, threshold = name, cut
-    unit = UNITS[rule["unit"]]
-    return label, f"{rule['name']}: {label} at ≥ {threshold} {unit}"
+    bands = rule["bands"]
+    index = max([k for k, (cut, _) in enumerate(bands) if value >= cut], default=0)
+    label, band = bands[index][1], _band_range(bands, index, UNITS[rule["unit"]])
+    return label, f"{rule['name']} ({band if band == label else f'{label}: {band}'})"
+
+
+def _band_range(bands: list, index: int, unit: str) -> str:
+    """Band ``index`` of ``bands`` as a range: "< 7 per 10 HPF", "≥ 9 and < 18 …"."""
+    lower = bands[index][0] if index else None  # the first band takes everything below
+    upper = bands[index + 1][0] if index + 1 < len(bands) else None
+    if lower is None and upper is None:
+        return f"any count {unit}"
+    if lower is None:
+        return f"< {upper} {unit}"
+    if upper is None:
+        return f"≥ {lower} {unit}"
+    return f"≥ {lower} and < {upper} {unit}"

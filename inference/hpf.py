@@ -9,10 +9,10 @@ from django.conf import settings
 
 from cases.services import shared_slide
 
-from .engine.hpf import HpfResult, hpf_counts
+from .engine.hpf import LOWER_BARS, HpfResult, hotspot_cell, hpf_counts, window_rectangle
 from .engine.tissue import detect_tissue
 from .engine.vocabulary import MITOTIC_PHASES
-from .grading import grade
+from .grading import UNITS, grade
 from .models import HpfMap, InferenceRun
 
 
@@ -101,25 +101,74 @@ def _inputs_digest(points: np.ndarray, ai_map: HpfMap) -> str:
 
 
 def summary(hpf_map: HpfMap, tumour_type: str) -> dict:
-    """What the case page, the viewer, the API and ``manage.py hpf`` report."""
-    label, rule = grade(tumour_type, hpf_map.hotspot_count, hpf_map.per_mm2)
+    """What the case page, the viewer, the API and ``manage.py hpf`` report.
+
+    The hotspot is chosen again from the stored grids by the engine's rule, so the
+    summary always states the rule that picked it (``hotspot_rule``). On a slide smaller
+    than 10 HPF the count is over ``counted_area_mm2`` (``partial``); the grade then uses
+    the count extrapolated to 10 HPF, and says so.
+    """
+    slide = hpf_map.run.slide
+    tissue = np.asarray(hpf_map.tissue, np.float32)
+    j, i, bar = hotspot_cell(np.asarray(hpf_map.counts), tissue, hpf_map.min_tissue)
+    count = int(hpf_map.counts[j][i])
+    x, y, w, h = window_rectangle(j, i, hpf_map.step_px, (slide.width, slide.height))
+    counted_mm2 = w * h * hpf_map.mpp**2 / 1e6
+    smaller = slide.width < hpf_map.window_w_px or slide.height < hpf_map.window_h_px
+    per_mm2 = count / counted_mm2
+    extrapolated = round(per_mm2 * hpf_map.area_mm2, 1) if smaller else None
+    label, rule = grade(tumour_type, count if extrapolated is None else extrapolated, per_mm2)
+    if label and extrapolated is not None and UNITS["per_10_hpf"] in rule:
+        rule += f", on the count extrapolated from {counted_mm2:.2f} mm² to 10 HPF"
     return {
         "run": hpf_map.run_id,
         "basis": hpf_map.basis,
-        "hotspot": {
-            "x": round(hpf_map.hotspot_x, 1),
-            "y": round(hpf_map.hotspot_y, 1),
-            "w": round(hpf_map.window_w_px, 1),
-            "h": round(hpf_map.window_h_px, 1),
-        },
-        "count_per_10_hpf": hpf_map.hotspot_count,
-        "count_per_mm2": round(hpf_map.per_mm2, 3),
+        "hotspot": {"x": round(x, 1), "y": round(y, 1), "w": round(w, 1), "h": round(h, 1)},
+        "count_per_10_hpf": count,
+        "count_per_mm2": round(per_mm2, 3),
         "area_mm2": round(hpf_map.area_mm2, 4),
         "hpf_area_mm2": hpf_map.hpf_area_mm2,
         "mpp": hpf_map.mpp,
         "min_tissue": hpf_map.min_tissue,
-        "tissue_rule_relaxed": hpf_map.tissue_rule_relaxed,
+        "tissue_rule_relaxed": bool(bar < hpf_map.min_tissue),
+        "tissue_threshold": bar,
+        "hotspot_tissue": round(float(tissue[j, i]), 3),
+        "hotspot_rule": hotspot_rule(hpf_map.min_tissue, bar, counted_mm2 if smaller else None),
+        "partial": bool(smaller or bar < hpf_map.min_tissue),
+        "counted_area_mm2": round(counted_mm2, 4),
+        "count_per_10_hpf_extrapolated": extrapolated,
         "findings_counted": hpf_map.findings_counted,
         "grade": label,
         "grade_rule": rule,
     }
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100:.0f} %"
+
+
+def hotspot_rule(min_tissue: float, bar: float, clipped_mm2: float | None = None) -> str:
+    """The sentence that says how the hotspot was chosen at tissue ``bar``, and
+    (``clipped_mm2``) that the slide is smaller than one 10-HPF window."""
+    if bar >= min_tissue:
+        rule = (
+            "Hotspot: the highest count among 10-HPF windows that are at least "
+            f"{_percent(min_tissue)} tissue (ties: more tissue)."
+        )
+    elif bar > 0:
+        rule = (
+            f"No 10-HPF window is {_percent(min_tissue)} tissue, so the bar was lowered "
+            f"step by step to {_percent(bar)}: hotspot = the highest count among windows "
+            f"at least {_percent(bar)} tissue (ties: more tissue)."
+        )
+    else:
+        rule = (
+            f"No 10-HPF window is even {_percent(min(LOWER_BARS))} tissue: hotspot = the "
+            "highest count among all windows on the slide (ties: more tissue)."
+        )
+    if clipped_mm2 is not None:
+        rule += (
+            " The slide is smaller than one 10-HPF window: the window is clipped to the "
+            f"slide and counts {clipped_mm2:.2f} mm² (partial)."
+        )
+    return rule

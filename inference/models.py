@@ -181,10 +181,6 @@ class HpfMap(models.Model):
     def area_mm2(self) -> float:
         return 10 * self.hpf_area_mm2
 
-    @property
-    def per_mm2(self) -> float:
-        return self.hotspot_count / self.area_mm2
-
 
 class Explanation(models.Model):
     """One attribution map of one finding's crop, cached per (finding, method, target,

@@ -86,14 +86,17 @@ def test_the_hotspot_keeps_to_windows_that_are_mostly_tissue():
 def test_grade_cut_offs_per_tumour_type(settings):
     assert grade("canine_mct", 7, 2.9)[0] == "High grade"
     label, rule = grade("canine_mct", 6, 2.5)
-    assert label == "Low grade" and "Kiupel" in rule
+    assert (label, rule) == ("Low grade", "Kiupel 2011 two-tier (Low grade: < 7 per 10 HPF)")
+    assert grade("canine_mct", 7, 2.9)[1].endswith("(High grade: ≥ 7 per 10 HPF)")
+    assert grade("breast", 12, 5.0)[1].endswith("(Mitotic score 2: ≥ 9 and < 18 per 10 HPF)")
     assert grade("breast", 12, 5.0)[0] == "Mitotic score 2"
     assert grade("melanoma", 1, 0.4)[0] == "< 1 per mm²"
     assert grade("other", 30, 12.0) == ("", "no grading rule is configured for this tumour type")
     settings.MITOTIC_GRADE_RULES = {
         "canine_mct": {"name": "Lab rule", "unit": "per_10_hpf", "bands": [[0, "low"], [5, "high"]]}
     }
-    assert grade("canine_mct", 6, 2.5) == ("high", "Lab rule: high at ≥ 5 per 10 HPF")
+    assert grade("canine_mct", 6, 2.5) == ("high", "Lab rule (high: ≥ 5 per 10 HPF)")
+    assert grade("canine_mct", 4, 1.7) == ("low", "Lab rule (low: < 5 per 10 HPF)")
 
 
 @pytest.fixture(scope="session")
@@ -109,8 +112,10 @@ def test_hpf_command_reports_the_latest_run(finished_run, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["run"] == finished_run.pk
     assert set(summary["hotspot"]) == {"x", "y", "w", "h"}
-    assert summary["count_per_mm2"] == pytest.approx(summary["count_per_10_hpf"] / 2.37, abs=1e-3)
+    per_mm2 = summary["count_per_10_hpf"] / summary["counted_area_mm2"]
+    assert summary["count_per_mm2"] == pytest.approx(per_mm2, abs=1e-3)
     assert summary["hpf_area_mm2"] == 0.237 and summary["mpp"] == pytest.approx(0.25)
+    assert summary["partial"] and summary["area_mm2"] == 2.37  # a 0.45 mm² slide
     assert summary["grade"] in ("Low grade", "High grade") and "Kiupel" in summary["grade_rule"]
     call_command("hpf", "--slide", str(finished_run.slide_id))
     assert "per 10 HPF" in capsys.readouterr().out

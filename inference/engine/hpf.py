@@ -19,6 +19,8 @@ from .tissue import TissueMask
 HPF_AREA_MM2 = 0.237
 FIELDS = 10
 CELLS_X, CELLS_Y = 32, 24  # cells per window side; 32:24 is the 4:3 of the window
+# tissue shares tried after min_tissue when no window reaches it (see tissue_bars)
+LOWER_BARS = (0.75, 0.5, 0.25)
 
 
 def window_px(mpp: float, area_mm2: float) -> tuple[float, float]:
@@ -36,9 +38,10 @@ class HpfResult:
 
     ``counts[j, i]`` is the number of points in the window centred on cell (i, j), whose
     level-0 box is ``[i * step, (i + 1) * step) x [j * step, ...)``; ``tissue`` is each
-    such window's tissue fraction (area outside the slide is not tissue). The hotspot is
-    the highest count among windows inside the slide with at least ``min_tissue`` tissue
-    (``relaxed``: no window had that much, so the most-tissue windows were used).
+    such window's tissue fraction of its area inside the slide. ``hotspot`` is the window
+    chosen by :func:`hotspot_cell` (at the tissue bar ``tissue_bar``) clipped to the slide,
+    and ``counted_area_mm2`` its area: less than ``area_mm2`` on a slide smaller than the
+    window, and by under one grid cell where a window overhangs the slide's last cells.
     """
 
     counts: NDArray[np.int32]
@@ -49,12 +52,25 @@ class HpfResult:
     hotspot: tuple[float, float, float, float]
     hotspot_count: int
     min_tissue: float
-    relaxed: bool
+    tissue_bar: float
+    counted_area_mm2: float
+    smaller_than_window: bool
+
+    @property
+    def relaxed(self) -> bool:
+        """No window reached ``min_tissue``: the bar was lowered."""
+        return self.tissue_bar < self.min_tissue
+
+    @property
+    def partial(self) -> bool:
+        """The count covers less than 10 HPF of tissue: the slide is smaller than the
+        window (which is clipped to it), or no window reached ``min_tissue``."""
+        return self.relaxed or self.smaller_than_window
 
     @property
     def hotspot_per_mm2(self) -> float:
-        """The hotspot count per mm²."""
-        return self.hotspot_count / self.area_mm2
+        """The hotspot count per mm² of the area counted."""
+        return self.hotspot_count / self.counted_area_mm2
 
 
 def _box_sums(values: NDArray, kx: int, ky: int) -> NDArray:
@@ -73,12 +89,31 @@ def _box_sums(values: NDArray, kx: int, ky: int) -> NDArray:
     )
 
 
-def _cell_tissue(tissue: TissueMask | None, nx: int, ny: int, step: float) -> NDArray:
-    """Tissue fraction of every grid cell (1 everywhere without a mask)."""
+def _cell_inside(size: tuple[int, int], nx: int, ny: int, step: float) -> NDArray:
+    """Share of every grid cell that lies inside the slide (the last row/column may not)."""
+    fx = np.clip((size[0] - np.arange(nx) * step) / step, 0, 1)
+    fy = np.clip((size[1] - np.arange(ny) * step) / step, 0, 1)
+    return np.outer(fy, fx)
+
+
+def _cell_tissue(tissue: TissueMask | None, in_slide: NDArray, step: float) -> NDArray:
+    """Tissue fraction of every grid cell (all of it inside the slide without a mask)."""
     if tissue is None:
-        return np.ones((ny, nx))
+        return in_slide
+    ny, nx = in_slide.shape
     xs, ys = np.meshgrid(np.arange(nx) * step, np.arange(ny) * step)
     return tissue.fraction(xs.ravel(), ys.ravel(), step, step).reshape(ny, nx)
+
+
+def _window_tissue(
+    tissue: TissueMask | None, size: tuple[int, int], nx: int, ny: int, step: float
+) -> NDArray:
+    """Tissue share of every window's area inside the slide, rounded as it is stored (so
+    a recount from the stored grid picks the same hotspot)."""
+    in_slide = _cell_inside(size, nx, ny, step)
+    area = np.maximum(_box_sums(in_slide, CELLS_X, CELLS_Y), 1e-9)
+    shares = _box_sums(_cell_tissue(tissue, in_slide, step), CELLS_X, CELLS_Y) / area
+    return np.round(np.clip(shares, 0, 1), 3)
 
 
 def hpf_counts(
@@ -107,39 +142,62 @@ def hpf_counts(
     cy = np.minimum((xy[inside, 1] // step).astype(np.int64), ny - 1)
     cells = np.bincount(cy * nx + cx, minlength=nx * ny).reshape(ny, nx)
     counts = np.rint(_box_sums(cells, CELLS_X, CELLS_Y)).astype(np.int32)
-    window_tissue = (
-        _box_sums(_cell_tissue(tissue, nx, ny, step), CELLS_X, CELLS_Y) / (CELLS_X * CELLS_Y)
-    ).astype(np.float32)
-    best, relaxed = _hotspot(counts, window_tissue, nx, ny, min_tissue)
-    j, i = best
-    x0, y0 = (i - CELLS_X // 2) * step, (j - CELLS_Y // 2) * step
+    if window_tissue is None:
+        window_tissue = _window_tissue(tissue, size, nx, ny, step)
+    window_tissue = np.asarray(window_tissue, np.float32)
+    j, i, bar = hotspot_cell(counts, window_tissue, min_tissue)
+    x0, y0, w, h = window_rectangle(j, i, step, size)
     return HpfResult(
         counts=counts,
         tissue=window_tissue,
         step=step,
         window=(width, height),
         area_mm2=area,
-        hotspot=(float(max(x0, 0.0)), float(max(y0, 0.0)), width, height),
+        hotspot=(x0, y0, w, h),
         hotspot_count=int(counts[j, i]),
         min_tissue=min_tissue,
-        relaxed=relaxed,
+        tissue_bar=bar,
+        counted_area_mm2=w * h * mpp**2 / 1e6,
+        smaller_than_window=size[0] < width or size[1] < height,
     )
 
 
-def _hotspot(counts, window_tissue, nx: int, ny: int, min_tissue: float):
-    """(row, col) of the best window centre, and whether the tissue rule was relaxed.
+def window_rectangle(
+    j: int, i: int, step: float, size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """Level-0 (x, y, w, h) of the window centred on cell (i, j), clipped to the slide."""
+    x0, y0 = max((i - CELLS_X // 2) * step, 0.0), max((j - CELLS_Y // 2) * step, 0.0)
+    x1 = min((i + CELLS_X - CELLS_X // 2) * step, size[0])
+    y1 = min((j + CELLS_Y - CELLS_Y // 2) * step, size[1])
+    return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
 
-    Only windows that lie inside the slide qualify; a slide smaller than a window has
-    one candidate, the window at its top-left corner.
+
+def tissue_bars(min_tissue: float) -> tuple[float, ...]:
+    """The tissue shares a hotspot window must reach, tried in order until one admits a
+    window: ``min_tissue``, then each of :data:`LOWER_BARS` below it, then 0 (any)."""
+    return (min_tissue, *(bar for bar in LOWER_BARS if bar < min_tissue), 0.0)
+
+
+def hotspot_cell(
+    counts: NDArray, window_tissue: NDArray, min_tissue: float
+) -> tuple[int, int, float]:
+    """(row, col) of the hotspot window's centre cell, and the tissue bar that applied.
+
+    Admissible windows lie inside the slide (on a slide smaller than a window, the one
+    window covering it all) with a tissue share of at least the first bar of
+    :func:`tissue_bars` that some window reaches; the hotspot is the admissible window
+    with the highest count, ties going to more tissue, then to the first in raster order.
     """
+    ny, nx = counts.shape
     inside = _fits(ny, CELLS_Y)[:, None] & _fits(nx, CELLS_X)[None, :]
-    eligible = inside & (window_tissue >= min_tissue - 1e-6)
-    relaxed = not eligible.any()
-    if relaxed:
-        best_tissue = window_tissue[inside].max()
-        eligible = inside & (window_tissue >= best_tissue - 1e-6)
-    ranked = np.where(eligible, counts, -1)
-    return np.unravel_index(int(np.argmax(ranked)), ranked.shape), relaxed
+    for bar in tissue_bars(min_tissue):
+        admissible = np.flatnonzero(inside & (window_tissue >= bar - 1e-6))
+        if admissible.size:
+            break
+    count, share = counts.ravel()[admissible], window_tissue.ravel()[admissible]
+    best = admissible[np.lexsort((-admissible, share, count))[-1]]
+    j, i = divmod(int(best), nx)
+    return j, i, bar
 
 
 def _fits(cells: int, span: int) -> NDArray[np.bool_]:

@@ -18,11 +18,16 @@
     hotspotRect = slide.imageToViewportRectangle(h.x, h.y, h.w, h.h);
     const box = document.createElement("div");
     box.className = "hotspot-box";
-    box.title = `Hotspot: ${data.count_per_10_hpf} per 10 HPF`;
+    box.title = `Hotspot: ${data.count_per_10_hpf} mitoses over ${data.counted_area_mm2} mm²`;
     viewer.addOverlay({ element: box, location: hotspotRect });
-    const rule = data.grade ? ` · ${data.grade}` : "";
-    $("hpf-count").innerHTML = `<strong>${data.count_per_10_hpf}</strong> per 10 HPF${rule}`;
-    $("hpf-count").title = `${data.count_per_mm2} per mm² over ${data.area_mm2} mm²; ${data.grade_rule}`;
+    const grade = data.grade ? ` · ${data.grade}` : "";
+    const count = data.count_per_10_hpf_extrapolated === null
+      ? `<strong>${data.count_per_10_hpf}</strong> per 10 HPF`
+      : `<strong>${data.count_per_10_hpf}</strong> in ${data.counted_area_mm2} mm² (partial; ` +
+        `${data.count_per_10_hpf_extrapolated} per 10 HPF extrapolated)`;
+    $("hpf-count").innerHTML = count + grade;
+    $("hpf-count").title = `${data.count_per_mm2} per mm² over ${data.counted_area_mm2} mm². ` +
+      `${data.hotspot_rule} ${data.grade_rule}`;
     $("hpf-controls").hidden = false;
     const columns = data.grid.counts[0].length;
     const widthPx = columns * data.grid.step_px;

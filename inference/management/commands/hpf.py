@@ -29,13 +29,19 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(summary, indent=1))
             return
         h = summary["hotspot"]
+        count = f"{summary['count_per_10_hpf']} per 10 HPF"
+        if summary["count_per_10_hpf_extrapolated"] is not None:
+            count = (
+                f"{summary['count_per_10_hpf']} in {summary['counted_area_mm2']} mm² (partial), "
+                f"{summary['count_per_10_hpf_extrapolated']} per 10 HPF extrapolated"
+            )
         self.stdout.write(
             f"Slide {slide} (run {summary['run']}, {summary['basis']} findings)\n"
             f"  hotspot: x={h['x']:.0f} y={h['y']:.0f} w={h['w']:.0f} h={h['h']:.0f} px (level 0)\n"
-            f"  count: {summary['count_per_10_hpf']} per 10 HPF, "
-            f"{summary['count_per_mm2']:.2f} per mm²\n"
+            f"  count: {count}, {summary['count_per_mm2']:.2f} per mm²\n"
             f"  area: {summary['area_mm2']} mm² (10 × {summary['hpf_area_mm2']} mm²) "
-            f"at {summary['mpp']} µm/px; window ≥ {summary['min_tissue']:.0%} tissue"
-            + (" (relaxed: no window had that much)" if summary["tissue_rule_relaxed"] else "")
+            f"at {summary['mpp']} µm/px; counted {summary['counted_area_mm2']} mm²"
+            + (" (partial)" if summary["partial"] else "")
+            + f"\n  rule: {summary['hotspot_rule']}"
             + f"\n  grade: {summary['grade'] or '–'} ({summary['grade_rule']})"
         )
