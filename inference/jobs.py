@@ -147,6 +147,8 @@ def _store(run: InferenceRun, result) -> None:
             "patches_total": stats["patches_total"],
             "patches_tissue": stats["patches_tissue"],
             "detections_raw": stats["detections_raw"],
+            "dropped_off_slide": stats["dropped_off_slide"],
+            "dropped_off_tissue": stats["dropped_off_tissue"],
         }
         locked.timings = {k: round(v, 3) for k, v in stats["seconds"].items()}
         locked.device = stats["device"]

@@ -17,7 +17,7 @@ from slides import Scale, open_slide, slide_mpp
 from .detect import Detections, merge_detections
 from .model_io import Detector, PhaseClassifier
 from .patches import PatchDataset, make_loader, model_input, patch_grid
-from .tissue import detect_tissue
+from .tissue import TissueMask, detect_tissue
 
 ProgressFn = Callable[[str, float], None]
 
@@ -161,6 +161,7 @@ def run_slide(
     with run.timer.section("merge"):
         merged = merge_detections(raw, min_distance=merge_distance_um / min(mpp)).to("cpu")
     findings = merged.select(torch.isin(merged.labels, torch.tensor(detector.spec.finding_labels)))
+    findings, dropped = _where_they_can_be(findings, dimensions, tissue)
     probs = None
     if classifier is not None:
         with run.timer.section("classify"):
@@ -175,9 +176,32 @@ def run_slide(
         "patches_tissue": len(grid),
         "detections_raw": len(raw),
         "findings": len(findings),
+        **dropped,
         "seconds": run.timer.seconds,
     }
     return SlideResult(_finding_dicts(findings, probs, detector, classifier), stats)
+
+
+def _where_they_can_be(
+    findings: Detections, dimensions: tuple[int, int], tissue: TissueMask
+) -> tuple[Detections, dict[str, int]]:
+    """Only findings whose centre lies on the slide (edge patches are padded: a detector
+    can answer in the padding) and on tissue (within one tissue-mask pixel, as the mask is
+    coarse), with boxes clipped to the slide; and how many were dropped for each reason."""
+    width, height = dimensions
+    centres = findings.centers().numpy()
+    x, y = centres[:, 0], centres[:, 1]
+    on_slide = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    sx, sy = tissue.scale_x, tissue.scale_y
+    on_tissue = tissue.fraction(x - sx, y - sy, 2 * sx, 2 * sy) > 0
+    kept = findings.select(torch.from_numpy(on_slide & on_tissue))
+    limit = torch.tensor([width, height, width, height], dtype=kept.boxes.dtype)
+    boxes = torch.minimum(kept.boxes.clamp(min=0), limit)
+    dropped = {
+        "dropped_off_slide": int((~on_slide).sum()),
+        "dropped_off_tissue": int((on_slide & ~on_tissue).sum()),
+    }
+    return Detections(boxes, kept.scores, kept.labels), dropped
 
 
 def _detect(
