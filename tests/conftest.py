@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 
 from cases.groups import LAB_ADMIN, PATHOLOGIST
-from cases.models import Case, CaseAssignment, Patient
+from cases.models import Case, CaseAssignment, Patient, Slide
 from cases.registration import register_slide
 from inference.tools.synth import generate_slide
 
@@ -93,6 +93,20 @@ def mitotic_slides(import_dir) -> dict[str, Path]:
         generate_slide(path, seed=seed, size=size, mpp=mpp, mitoses_per_mm2=60.0)
         paths[name] = path
     return paths
+
+
+def slide_store_files() -> set[Path]:
+    """Every file in the slide store."""
+    store = Path(settings.SLIDE_STORE)
+    return {p for p in store.rglob("*") if p.is_file()} if store.exists() else set()
+
+
+@pytest.fixture
+def no_slide_stored(db):
+    """Assert that the test changes neither the slide and case tables nor the slide store."""
+    before = (Slide.objects.count(), Case.objects.count(), slide_store_files())
+    yield
+    assert (Slide.objects.count(), Case.objects.count(), slide_store_files()) == before
 
 
 def make_user(username: str, group: str, staff: bool = False) -> User:
