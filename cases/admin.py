@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Case, CaseAssignment, Patient, Slide
+from .models import AuditEvent, Case, CaseAssignment, Patient, Slide, is_lab_admin
 
 
 @admin.register(Patient)
@@ -93,3 +93,36 @@ class SlideAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # registration goes through OpenSlide checks, not a bare form
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The audit log, read-only for lab admins: nobody adds, changes or deletes events."""
+
+    list_display = ["id", "created_at", "actor_name", "action", "object_type", "object_id", "case"]
+    list_filter = [
+        "action",
+        "created_at",
+        ("actor", admin.RelatedOnlyFieldListFilter),
+        ("case", admin.RelatedOnlyFieldListFilter),
+    ]
+    search_fields = ["actor_name", "action", "object_id", "case__accession", "hash"]
+    date_hierarchy = "created_at"
+    ordering = ["-id"]
+    list_select_related = ["case"]
+    readonly_fields = [field.name for field in AuditEvent._meta.fields]
+
+    def has_view_permission(self, request, obj=None):
+        return is_lab_admin(request.user)
+
+    def has_module_permission(self, request):
+        return is_lab_admin(request.user)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -5,7 +5,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from inference.api import FindingViewSet, HpfView, RunViewSet
-from review.api import AuditExportView, DecisionViewSet, ReviewCaseViewSet, ReviewSlideViewSet
+from review.api import (
+    AuditEventsExportView,
+    AuditExportView,
+    DecisionViewSet,
+    ReviewCaseViewSet,
+    ReviewSlideViewSet,
+)
 
 router = DefaultRouter()
 router.register("cases", ReviewCaseViewSet, basename="case")
@@ -20,6 +26,7 @@ urlpatterns = [
     path("findings/<int:finding_pk>/decisions/", decisions, name="finding-decisions"),
     path("slides/<int:slide_id>/hpf/", HpfView.as_view(), name="slide-hpf"),
     path("audit/export/", AuditExportView.as_view(), name="audit-export"),
+    path("audit/events/", AuditEventsExportView.as_view(), name="audit-events"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]

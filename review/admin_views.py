@@ -29,7 +29,10 @@ def lab_admin_required(view):
 @require_GET
 @lab_admin_required
 def audit_export(request):
-    """The export form; with ``download`` set, the CSV itself, streamed."""
+    """The export form; with ``download`` set, the decisions CSV itself, streamed; with
+    ``kind=events``, the whole audit log with its hashes."""
+    if request.GET.get("kind") == "events":
+        return _events_csv(request)
     form = ExportFilterForm(request.GET or None)
     if "download" not in request.GET or not form.is_valid():
         status = 400 if form.is_bound and form.errors else 200
@@ -39,6 +42,16 @@ def audit_export(request):
     response = StreamingHttpResponse(csv_lines(filters), content_type="text/csv; charset=utf-8")
     stamp = timezone.now().strftime("%Y%m%d-%H%M")
     response["Content-Disposition"] = f'attachment; filename="mitolens-decisions-{stamp}.csv"'
+    return response
+
+
+def _events_csv(request):
+    audit.record("audit_export", actor=request.user, request=request, details={"kind": "events"})
+    response = StreamingHttpResponse(
+        audit.events_csv_lines(), content_type="text/csv; charset=utf-8"
+    )
+    stamp = timezone.now().strftime("%Y%m%d-%H%M")
+    response["Content-Disposition"] = f'attachment; filename="mitolens-audit-events-{stamp}.csv"'
     return response
 
 

@@ -173,3 +173,24 @@ class AuditExportView(APIView):
             details={**filters.as_dict(), "via": "api"},
         )
         return StreamingHttpResponse(csv_lines(filters), content_type="text/csv; charset=utf-8")
+
+
+class AuditEventsExportView(APIView):
+    """The whole hash-chained audit log as CSV (lab admins), for offline verification."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses={(200, "text/csv"): str})
+    def get(self, request):
+        """Every audit event with its previous hash and own hash, oldest first."""
+        if not is_lab_admin(request.user):
+            raise PermissionDenied("Only lab admins can export the audit log.")
+        audit.record(
+            "audit_export",
+            actor=request.user,
+            request=request,
+            details={"kind": "events", "via": "api"},
+        )
+        return StreamingHttpResponse(
+            audit.events_csv_lines(), content_type="text/csv; charset=utf-8"
+        )

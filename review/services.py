@@ -16,6 +16,7 @@ from inference import services as ai
 from inference.engine.vocabulary import MITOTIC_PHASES
 from inference.models import Finding
 
+from . import integrity
 from .models import Decision
 
 ADDED_FINDING_RADIUS_UM = 5.0
@@ -113,11 +114,8 @@ def decide(
             case=case,
             request=request,
             details={
-                "finding": finding.pk,
+                **integrity.decision_record(decision),
                 "run": finding.run_id,
-                "verdict": verdict,
-                "corrected_phase": corrected_phase,
-                "reason": reason,
                 "ai_phase": finding.phase,
                 "ai_score": finding.score,
             },
@@ -204,7 +202,7 @@ def sign_out(case: Case, user, final_count: int, final_grade: str, request=None)
             obj=locked,
             case=locked,
             request=request,
-            details={"final_mitotic_count": final_count, "final_grade": final_grade},
+            details=integrity.sign_out_record(locked),
         )
 
 

@@ -64,6 +64,7 @@ ENDPOINTS = [
     ("post", "/api/runs/{run}/retry/", {}, (403, 404, 403, 400)),  # it succeeded
     ("post", "/api/runs/", {"slide": "{slide}"}, (403, 403, 403, 201)),
     ("get", "/api/audit/export/", None, (403, 403, 403, 200)),
+    ("get", "/api/audit/events/", None, (403, 403, 403, 200)),
     ("get", "/api/schema/", None, (403, 200, 200, 200)),
 ]
 
@@ -154,6 +155,7 @@ def test_the_schema_is_valid_openapi_3_and_the_docs_page_loads(clients):
         "/api/runs/{id}/cancel/",
         "/api/slides/{slide_id}/hpf/",
         "/api/audit/export/",
+        "/api/audit/events/",
     } <= paths
     docs = clients["assigned"].get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()

@@ -1,4 +1,5 @@
-"""Write the decision audit report as CSV (the same report as the admin export page)."""
+"""Write the decision audit report as CSV (the same report as the admin export page), or
+with --events the hash-chained audit events with their hashes."""
 
 from pathlib import Path
 
@@ -21,9 +22,18 @@ class Command(BaseCommand):
         parser.add_argument("--case", help="accession")
         parser.add_argument("--pathologist", help="username")
         parser.add_argument("--model-version", help="ModelVersion id")
+        parser.add_argument(
+            "--events",
+            action="store_true",
+            help="the whole audit log with its hashes instead (verifiable offline; no filters)",
+        )
 
-    def handle(self, *args, out, **options):
+    def handle(self, *args, out, events, **options):
         names = ("date_from", "date_to", "case", "pathologist", "model_version")
+        if events:
+            if any(options[name] for name in names):
+                raise CommandError("--events exports the whole chain; the filters are not used.")
+            return self.export_events(out)
         form = ExportFilterForm({name: options[name] or "" for name in names})
         if not form.is_valid():  # the export page's and the API's rules, and words
             raise CommandError("; ".join(error_sentences(form)))
@@ -36,3 +46,12 @@ class Command(BaseCommand):
                 handle.write(line)
         audit.record("audit_export", details={**filters.as_dict(), "file": str(out), "rows": total})
         self.stdout.write(self.style.SUCCESS(f"Wrote {total} decisions to {out}"))
+
+    def export_events(self, out: Path) -> None:
+        with open(out, "w", encoding="utf-8", newline="") as handle:
+            total = -1  # the header is not an event
+            for line in audit.events_csv_lines():
+                handle.write(line)
+                total += 1
+        audit.record("audit_export", details={"kind": "events", "file": str(out), "rows": total})
+        self.stdout.write(self.style.SUCCESS(f"Wrote {total} audit events to {out}"))
