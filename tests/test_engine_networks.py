@@ -31,6 +31,7 @@ def test_centernet_is_compact_and_stride_4() -> None:
 
 
 def test_centernet_loss_decreases_in_a_few_steps() -> None:
+    torch.manual_seed(0)  # a few steps of Adam are not monotone on every draw
     net = CenterNet()
     images = torch.rand(2, 3, 128, 128)
     boxes = [torch.tensor([[30.0, 40.0, 70.0, 76.0]]), torch.zeros(0, 4)]
@@ -38,7 +39,7 @@ def test_centernet_loss_decreases_in_a_few_steps() -> None:
     targets = centernet_targets(boxes, labels, num_classes=2, input_size=(128, 128))
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
     losses = []
-    for _ in range(4):
+    for _ in range(8):
         loss = centernet_loss(net(images), targets)
         optimiser.zero_grad()
         loss["total"].backward()
