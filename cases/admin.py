@@ -1,10 +1,12 @@
+from django import forms
 from django.contrib import admin
 
+from .history import AuditedAdmin
 from .models import AuditEvent, Case, CaseAssignment, Patient, Slide, is_lab_admin
 
 
 @admin.register(Patient)
-class PatientAdmin(admin.ModelAdmin):
+class PatientAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["external_ref", "species", "created_at"]
     search_fields = ["external_ref"]
     list_filter = ["species"]
@@ -30,8 +32,35 @@ class SlideInline(admin.TabularInline):
         return False  # slides are registered through the upload form or import_slides
 
 
+class CaseAdminForm(forms.ModelForm):
+    """Sign-out and reopening are not status edits: they go through the case page, which
+    asks for the final count or a reason and records it (review.services)."""
+
+    class Meta:
+        model = Case
+        fields = [
+            "accession", "patient", "tumour_type", "priority", "status", "clinical_note", "blinded",
+        ]  # fmt: skip
+
+    def clean_status(self):
+        status = self.cleaned_data["status"]
+        was = self.instance.status if self.instance.pk else None
+        signed_out = Case.Status.SIGNED_OUT
+        if was == signed_out and status != signed_out:
+            raise forms.ValidationError(
+                "A signed-out case is reopened with the Reopen button on its case page, "
+                "which asks for a reason and clears the sign-out."
+            )
+        if status == signed_out and was != signed_out:
+            raise forms.ValidationError(
+                "A case is signed out from its case page, with the final count and grade."
+            )
+        return status
+
+
 @admin.register(Case)
-class CaseAdmin(admin.ModelAdmin):
+class CaseAdmin(AuditedAdmin, admin.ModelAdmin):
+    form = CaseAdminForm
     list_display = ["accession", "patient", "tumour_type", "priority", "status", "created_at"]
     list_filter = ["status", "priority", "tumour_type"]
     search_fields = ["accession", "patient__external_ref"]
@@ -40,17 +69,14 @@ class CaseAdmin(admin.ModelAdmin):
     inlines = [AssignmentInline, SlideInline]
 
     def save_formset(self, request, form, formset, change):
-        for assignment in formset.save(commit=False):
-            if isinstance(assignment, CaseAssignment) and not assignment.assigned_by_id:
-                assignment.assigned_by = request.user
-            assignment.save()
-        formset.save_m2m()
-        for deleted in formset.deleted_objects:
-            deleted.delete()
+        for row in formset.forms:
+            if isinstance(row.instance, CaseAssignment) and not row.instance.assigned_by_id:
+                row.instance.assigned_by = request.user
+        super().save_formset(request, form, formset, change)  # audited by AuditedAdmin
 
 
 @admin.register(Slide)
-class SlideAdmin(admin.ModelAdmin):
+class SlideAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["original_name", "case", "vendor", "width", "height", "mpp_x", "mpp_override"]
     list_filter = ["vendor"]
     search_fields = ["original_name", "case__accession", "sha256"]

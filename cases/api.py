@@ -101,6 +101,7 @@ class CaseViewSet(viewsets.ReadOnlyModelViewSet):
                 file.name,
                 request.user,
                 upload.validated_data["label"],
+                request=request,
             )
         except SlideRejected as rejection:
             raise ValidationError({"file": str(rejection)}) from None

@@ -12,6 +12,7 @@ from django.db import transaction
 
 from slides import SlideRejected, inspect_slide
 
+from . import audit
 from .models import Case, Slide
 
 
@@ -37,13 +38,18 @@ def check_import_path(path: Path) -> Path:
 
 
 def register_slide(
-    source: Path, case: Case, original_name: str, uploaded_by=None, label: str = ""
+    source: Path,
+    case: Case,
+    original_name: str,
+    uploaded_by=None,
+    label: str = "",
+    request=None,
 ) -> Slide:
     """Copy a slide file into the store and record it, or raise SlideRejected having stored nothing.
 
     The file is copied to a temporary name inside the store, checked with
-    OpenSlide there, and only then renamed into place and recorded in one
-    transaction; any failure removes the copy.
+    OpenSlide there, and only then renamed into place and recorded, with its
+    ``slide_registered`` audit event, in one transaction; any failure removes the copy.
     """
     size = source.stat().st_size
     if size > settings.SLIDE_UPLOAD_MAX_BYTES:
@@ -75,6 +81,25 @@ def register_slide(
                 uploaded_by=uploaded_by,
                 label=label,
                 **info.__dict__,
+            )
+            audit.record(
+                "slide_registered",
+                actor=uploaded_by,
+                obj=slide,
+                case=case,
+                request=request,
+                details={
+                    "name": slide.original_name,
+                    "label": label,
+                    "sha256": sha256,
+                    "size_bytes": size,
+                    "vendor": slide.vendor,
+                    "width": slide.width,
+                    "height": slide.height,
+                    "mpp_x": slide.mpp_x,
+                    "mpp_y": slide.mpp_y,
+                    "uploaded_by": uploaded_by.get_username() if uploaded_by else "",
+                },
             )
             if not final_path.exists():  # else the same bytes are stored for another case
                 temp_path.replace(final_path)

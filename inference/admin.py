@@ -4,6 +4,8 @@ from pathlib import Path
 from django import forms
 from django.contrib import admin, messages
 
+from cases.history import AuditedAdmin
+
 from .models import Finding, InferenceRun, ModelVersion
 from .registry import ModelRejected, activate, register_model
 
@@ -49,7 +51,10 @@ class ModelUploadForm(forms.ModelForm):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(AuditedAdmin, admin.ModelAdmin):
+    """Registration checks the model (ModelUploadForm); edits, activation and deletion are
+    audited (AuditedAdmin, registry.activate)."""
+
     list_display = ["name", "version", "task", "format", "is_active", "created_at"]
     list_filter = ["task", "format", "is_active"]
     search_fields = ["name", "version", "sha256"]
@@ -89,11 +94,17 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 "training_note",
                 "activate",
             ]
-        return self.get_readonly_fields(request, obj) + ["training_note"]
+        return self.get_readonly_fields(request, obj) + ["is_active", "training_note"]
 
     def save_model(self, request, obj, form, change):
-        if change:
-            super().save_model(request, obj, form, change)
+        if not change:
+            return  # register_model stored and audited it
+        activating = "is_active" in form.changed_data and obj.is_active
+        if activating:
+            obj.is_active = False  # activate() switches it, with the version it replaces
+        super().save_model(request, obj, form, change)
+        if activating:
+            activate(obj, request.user)
 
     @admin.display(description="Spec")
     def pretty_spec(self, obj):

@@ -173,7 +173,7 @@ def test_verify_audit_lists_every_broken_row(client_for, pathologist, reviewed_s
     complaint = _verify_audit()
     assert f"broken at row {events[1].pk}:" in complaint
     assert f"broken at row {events[4].pk}:" in complaint
-    assert "2 problems; 6 rows checked." in complaint
+    assert f"2 problems; {AuditEvent.objects.count()} rows checked." in complaint
 
 
 @pytest.mark.django_db

@@ -5,6 +5,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from cases import audit
+from cases.history import values
 from cases.models import Case, Patient
 from cases.registration import SlideRejected, check_import_path, register_slide
 
@@ -33,6 +35,9 @@ class Command(BaseCommand):
                 )
         if created and refused == len(files):
             target.delete()  # a new case with no slide would be a half-done import
+        elif created:  # recorded once it stays: the log protects the cases it names
+            details = {"after": values(target), "name": str(target), "by": "import_slides"}
+            audit.record("case_added", obj=target, case=target, details=details)
         if refused:
             raise CommandError(
                 f"{refused} of {len(files)} file(s) refused; nothing stored for them"
@@ -46,5 +51,8 @@ class Command(BaseCommand):
             return existing, False
         if not patient_ref:
             raise CommandError(f"No case {accession}; give --patient to create it")
-        patient, _ = Patient.objects.get_or_create(external_ref=patient_ref)
+        patient, new = Patient.objects.get_or_create(external_ref=patient_ref)
+        if new:
+            details = {"after": values(patient), "name": str(patient), "by": "import_slides"}
+            audit.record("patient_added", obj=patient, details=details)
         return Case.objects.create(accession=accession, patient=patient), True

@@ -8,7 +8,9 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from tqdm import tqdm
 
+from cases import audit
 from cases.groups import LAB_ADMIN, PATHOLOGIST
+from cases.history import values
 from cases.models import Case, CaseAssignment, Patient
 from cases.registration import register_slide
 from inference.registry import register_shipped_models
@@ -55,10 +57,16 @@ class Command(BaseCommand):
                 case = Case.objects.create(
                     accession=accession, patient=patient, tumour_type=tumour, priority=priority
                 )
+                demo = {"by": "setup_demo"}
+                audit.record(
+                    "case_added", obj=case, case=case, details={"after": values(case), **demo}
+                )
                 for username in readers:
-                    CaseAssignment.objects.create(
+                    assignment = CaseAssignment.objects.create(
                         case=case, pathologist=users[username], assigned_by=users["labadmin"]
                     )
+                    details = {"after": values(assignment), "name": str(assignment), **demo}
+                    audit.record("caseassignment_added", obj=assignment, case=case, details=details)
             for seed, width, height, mpp in slides:
                 path = slide_dir / f"{accession}-{seed}.tiff"
                 if not path.exists():
