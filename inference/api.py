@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from django.db.models import F
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -18,7 +17,15 @@ from cases.api_params import id_field, parsed
 from cases.services import Slide, is_lab_admin, visible_cases
 
 from . import explain, services
-from .blinding import blinded_for, revealed_finding_ids
+from .blinding import (
+    HIDDEN_FILTERS,
+    HIDDEN_TOTALS,
+    blinded_for,
+    hidden_finding_ids,
+    hides_totals,
+    ordered,
+    run_counts,
+)
 from .models import Finding, InferenceRun
 
 
@@ -39,6 +46,13 @@ class RunSerializer(serializers.ModelSerializer):
             "started_at", "finished_at",
         ]  # fmt: skip
         read_only_fields = fields
+
+    def to_representation(self, run):
+        data = super().to_representation(run)
+        request = self.context.get("request")
+        if request is not None:  # blinded readers see no totals of the AI's phase calls
+            data["counts"] = run_counts(request.user, run.slide.case, data["counts"])
+        return data
 
 
 class StartRunSerializer(serializers.Serializer):
@@ -118,7 +132,7 @@ class RunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             slide := parsed(RunFilters, self.request.query_params).get("slide")
         ):
             runs = runs.filter(slide_id=slide)
-        return runs.select_related("detector", "classifier").order_by("-created_at")
+        return runs.select_related("detector", "classifier", "slide__case").order_by("-created_at")
 
     @extend_schema(parameters=[RunFilters])
     def list(self, request, *args, **kwargs):
@@ -182,12 +196,14 @@ class FindingViewSet(viewsets.ReadOnlyModelViewSet):
         filters = self.list_filters
         slide = get_object_or_404(Slide.objects.visible_to(self.request.user), pk=filters["slide"])
         _, findings = services.slide_findings(slide)
+        if blinded_for(self.request.user, slide.case) and {"min_score", "phase"} & set(filters):
+            raise ValidationError({"detail": HIDDEN_FILTERS})
         if "min_score" in filters:
             findings = findings.filter(score__gte=filters["min_score"])
         for name in ("phase", "source"):
             if name in filters:
                 findings = findings.filter(**{name: filters[name]})
-        return findings.order_by(F("score").desc(nulls_last=True), "pk")
+        return ordered(findings, self.request.user, slide.case)
 
     def get_serializer_context(self):
         context = super().get_serializer_context()
@@ -207,16 +223,7 @@ class FindingViewSet(viewsets.ReadOnlyModelViewSet):
             ]
         else:
             slides = []
-        hidden = set()
-        for slide in slides:
-            if blinded_for(self.request.user, slide.case):
-                revealed = revealed_finding_ids(self.request.user, slide)
-                hidden |= set(
-                    slide.findings.filter(source="ai")
-                    .exclude(pk__in=revealed)
-                    .values_list("pk", flat=True)
-                )
-        return hidden
+        return set().union(*(hidden_finding_ids(self.request.user, s) for s in slides))
 
     @extend_schema(parameters=[FindingFilters])
     def list(self, request, *args, **kwargs):
@@ -265,13 +272,16 @@ class FindingViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class HpfView(APIView):
-    """The slide's HPF summary from its latest run: hotspot, counts, grade."""
+    """The slide's HPF summary from its latest run: hotspot, counts, grade (refused to a
+    blinded reader: the AI's totals stay hidden)."""
 
     @extend_schema(responses={200: None})
     def get(self, request, slide_id: int):
         slide = get_object_or_404(
             Slide.objects.visible_to(request.user).select_related("case"), pk=slide_id
         )
+        if hides_totals(request.user, slide.case):
+            raise PermissionDenied(HIDDEN_TOTALS)
         try:
             _, summary = services.slide_hpf(slide)
         except services.MissingScale as error:

@@ -15,6 +15,7 @@ from rq import Queue
 
 from cases.services import Case, record_audit, visible_cases
 
+from .blinding import blinded_for
 from .hpf import (
     MissingScale,
     compute_ai_map,
@@ -75,8 +76,12 @@ def start_run(
     """Record a queued run of the active models on ``slide`` and enqueue it once the
     transaction commits (unless ``enqueue_job`` is off: the caller executes it).
 
-    Raises QueueUnavailable, having recorded nothing, when Redis is down.
+    Raises QueueUnavailable, having recorded nothing, when Redis is down, and RunRefused
+    (the message says why) on a signed-out case or a slide the AI cannot read.
     """
+    case = slide.case
+    if case.status == Case.Status.SIGNED_OUT:  # the signed-out record must not change
+        raise RunRefused(f"Case {case.accession} is signed out; reopen it to run the AI again.")
     if not slide.mpp:
         raise RunRefused(
             f"{slide.original_name} has no µm/px; an admin must set it before the AI can run."
@@ -249,10 +254,13 @@ def reviewed_hpf(slide, findings) -> dict | None:
     return summary(compute_reviewed_map(run, findings), slide.case.tumour_type)
 
 
-def findings_to_review(slide):
+def findings_to_review(slide, reviewer=None):
     """The findings a pathologist reviews: AI findings counted at the run's operating point
-    (mitotic phase), and findings pathologists added."""
+    (mitotic phase), and findings pathologists added; a blinded ``reviewer`` reviews every
+    AI finding (which ones the AI counted is its call, hidden from them)."""
     run, findings = slide_findings(slide)
+    if reviewer is not None and blinded_for(reviewer, slide.case):
+        return findings
     added = findings.filter(source=Finding.Source.PATHOLOGIST)
     return added if run is None else added | counted_ai_findings(run)
 
@@ -273,7 +281,7 @@ def runs_for_case(case) -> dict[int, list[InferenceRun]]:
     ``case``'s status re-read when that failed one)."""
     listed = list(
         InferenceRun.objects.filter(slide__case=case)
-        .select_related("detector", "classifier", "slide")
+        .select_related("detector", "classifier", "slide__case")
         .order_by("-created_at")
     )
     active = [run for run in listed if not run.is_finished]
@@ -288,9 +296,11 @@ def runs_for_case(case) -> dict[int, list[InferenceRun]]:
 def ai_status_by_case(case_ids) -> dict[int, dict]:
     """For the queue, in two queries and one Redis round trip: each case's AI progress (the
     least over unfinished runs, None when none is queued or running; a run whose worker was
-    lost is failed first), its latest runs' ids, and how many AI findings those runs gave
-    for review."""
-    status: dict[int, dict] = {c: {"progress": None, "runs": [], "to_review": 0} for c in case_ids}
+    lost is failed first), its latest runs' ids, how many AI findings those runs gave for
+    review (``to_review``) and in all (``findings``, what a blinded reader reviews)."""
+    status: dict[int, dict] = {
+        c: {"progress": None, "runs": [], "to_review": 0, "findings": 0} for c in case_ids
+    }
     active = InferenceRun.objects.filter(
         slide__case_id__in=case_ids,
         status__in=[InferenceRun.Status.QUEUED, InferenceRun.Status.RUNNING],
@@ -316,4 +326,5 @@ def ai_status_by_case(case_ids) -> dict[int, dict]:
         seen.add(slide_id)
         status[case_id]["runs"].append(run_id)
         status[case_id]["to_review"] += counts.get("to_review", counts.get("findings", 0))
+        status[case_id]["findings"] += counts.get("findings", 0)
     return status

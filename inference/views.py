@@ -5,7 +5,6 @@ from io import BytesIO
 import numpy as np
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import F
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -24,7 +23,7 @@ from cases.views import slide_file_errors
 
 from . import explain, services
 from .api import FindingSerializer, RunSerializer
-from .blinding import blinded_for, hides, revealed_finding_ids
+from .blinding import HIDDEN_TOTALS, blinded_for, hidden_finding_ids, hides, hides_totals, ordered
 from .crops import finding_crop_image
 from .forms import CropForm
 from .heatmap import heatmap_png
@@ -94,7 +93,8 @@ def case_runs(request, case_id: int):
     """Progress of a case's runs, polled by the case page while any is queued or running."""
     case = visible_case(request, case_id)
     runs = [run for slide_runs in services.runs_for_case(case).values() for run in slide_runs]
-    return JsonResponse({"runs": RunSerializer(runs, many=True).data})
+    data = RunSerializer(runs, many=True, context={"request": request}).data
+    return JsonResponse({"runs": data})
 
 
 @require_GET
@@ -103,7 +103,7 @@ def slide_findings(request, slide_id: int):
     slide = visible_slide(request, slide_id)
     run, findings = services.slide_findings(slide)
     rows = list(
-        findings.order_by(F("score").desc(nulls_last=True), "pk").values_list(
+        ordered(findings, request.user, slide.case).values_list(
             "pk", "x", "y", "box_x0", "box_y0", "box_x1", "box_y1", "score", "phase", "source"
         )
     )
@@ -112,12 +112,10 @@ def slide_findings(request, slide_id: int):
     for name in ("x", "y", "x0", "y0", "x1", "y1"):
         data[name] = [round(v, 1) for v in data[name]]
     data["score"] = [None if v is None else round(v, 4) for v in data["score"]]
-    blinded = blinded_for(request.user, slide.case)
-    if blinded:  # reader study: the AI's call stays hidden until this reader decides
-        revealed = revealed_finding_ids(request.user, slide)
-        for i, finding_id in enumerate(data["id"]):
-            if finding_id not in revealed and data["source"][i] == Finding.Source.AI:
-                data["score"][i], data["phase"][i] = None, "hidden"
+    hidden = hidden_finding_ids(request.user, slide)
+    for i, finding_id in enumerate(data["id"]):  # reader study: hidden until decided
+        if finding_id in hidden:
+            data["score"][i], data["phase"][i] = None, "hidden"
     return JsonResponse(
         {
             "run": None
@@ -130,7 +128,7 @@ def slide_findings(request, slide_id: int):
                 "finished_at": run.finished_at,
             },
             "findings": data,
-            "blinded": blinded,
+            "blinded": blinded_for(request.user, slide.case),
         }
     )
 
@@ -183,6 +181,8 @@ def finding_crop(request, finding_id: int):
 
 def _slide_hpf(request, slide_id: int):
     slide = visible_slide(request, slide_id)
+    if hides_totals(request.user, slide.case):
+        return slide, None, {"available": False, "error": HIDDEN_TOTALS}
     try:
         hpf_map, hpf_summary = services.slide_hpf(slide)
     except services.MissingScale as error:

@@ -21,6 +21,8 @@ COLUMNS = [
     "verdict", "corrected_phase", "reason", "comment", "reviewer", "blinded",
 ]  # fmt: skip
 RISKY_STARTS = ("=", "+", "-", "@", "\t", "\r")
+HIDDEN_PHASE = "Blinded"  # a blinded reader's undecided finding: the AI's call stays hidden
+HIDDEN_RGB = [128, 128, 128]
 
 
 @dataclass
@@ -124,12 +126,17 @@ def csv_lines(filters: ExportFilters) -> Iterator[str]:
         yield writer.writerow([neutralise(v) for v in _row(decision)])
 
 
-def findings_geojson(findings, decisions_by_finding: dict[int, list[Decision]]) -> dict:
+def findings_geojson(
+    findings, decisions_by_finding: dict[int, list[Decision]], hidden_ids=frozenset()
+) -> dict:
     """A FeatureCollection of the findings' boxes (level-0 px) as QuPath annotations,
-    classified by phase, with the AI score and the decisions as properties."""
+    classified by phase, with the AI score and the decisions as properties; a finding in
+    ``hidden_ids`` (blinded reader, undecided) carries neither phase nor score."""
     features = []
     for f in findings:
         decisions = decisions_by_finding.get(f.pk, [])
+        hidden = f.pk in hidden_ids
+        phase = HIDDEN_PHASE if hidden else f.get_phase_display()
         ring = [
             [f.box_x0, f.box_y0], [f.box_x1, f.box_y0], [f.box_x1, f.box_y1],
             [f.box_x0, f.box_y1], [f.box_x0, f.box_y0],
@@ -141,13 +148,15 @@ def findings_geojson(findings, decisions_by_finding: dict[int, list[Decision]]) 
                 "geometry": {"type": "Polygon", "coordinates": [ring]},
                 "properties": {
                     "objectType": "annotation",
-                    "name": f"{f.get_phase_display()} #{f.pk}",
+                    "name": f"{phase} #{f.pk}",
                     "classification": {
-                        "name": f.get_phase_display(),
-                        "color": PHASE_SIGNS[f.phase]["rgb"],
+                        "name": phase,
+                        "color": HIDDEN_RGB if hidden else PHASE_SIGNS[f.phase]["rgb"],
                     },
                     "isLocked": True,
-                    "measurements": {} if f.score is None else {"AI score": round(f.score, 4)},
+                    "measurements": {}
+                    if hidden or f.score is None
+                    else {"AI score": round(f.score, 4)},
                     "mitolens": {
                         "finding": f.pk,
                         "source": f.source,

@@ -10,7 +10,7 @@ from cases import audit
 from cases.forms import form_refusal
 from cases.services import visible_slide
 from inference import services as ai
-from inference.blinding import blinded_for
+from inference.blinding import blinded_for, hidden_finding_ids, ordered
 from inference.models import Finding
 
 from . import services as review
@@ -112,7 +112,7 @@ def slide_geojson(request, slide_id: int):
     """The slide's findings with their decisions as GeoJSON that QuPath imports."""
     slide = visible_slide(request, slide_id)
     _, findings = ai.slide_findings(slide)
-    findings = list(findings.order_by("pk"))
+    findings = list(ordered(findings, request.user, slide.case))
     decisions = Decision.objects.filter(finding__in=findings).select_related("reviewer")
     if blinded_for(request.user, slide.case):
         decisions = decisions.filter(reviewer=request.user)
@@ -127,7 +127,8 @@ def slide_geojson(request, slide_id: int):
         request=request,
         details={"format": "geojson", "findings": len(findings)},
     )
-    response = JsonResponse(findings_geojson(findings, by_finding))
+    hidden = hidden_finding_ids(request.user, slide)
+    response = JsonResponse(findings_geojson(findings, by_finding, hidden))
     name = slide.original_name.rsplit(".", 1)[0]
     # the name is the uploader's: quotes, newlines or non-ASCII are escaped, never pasted
     response["Content-Disposition"] = content_disposition_header(

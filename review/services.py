@@ -173,9 +173,9 @@ def reviewed_findings(slide: Slide) -> QuerySet:
 
 
 def review_progress(slide: Slide, reviewer) -> dict[str, int]:
-    """How many of the findings to review (counted AI findings and added ones) the reviewer
-    has decided."""
-    to_review = ai.findings_to_review(slide)
+    """How many of the findings to review the reviewer has decided: counted AI findings and
+    added ones, or every AI finding for a blinded reader (inference.blinding)."""
+    to_review = ai.findings_to_review(slide, reviewer)
     decided = current_decisions(to_review, reviewer).count()
     return {"decided": decided, "total": to_review.count()}
 

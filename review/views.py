@@ -16,6 +16,7 @@ from cases.models import Case, is_lab_admin
 from cases.registration import SlideRejected, register_slide
 from cases.services import visible_case, visible_slide
 from inference import services as inference_services
+from inference.blinding import HIDDEN_TOTALS, hides_totals
 from inference.models import Finding
 
 from . import services as review
@@ -76,7 +77,8 @@ def _attach_review_status(cases: list[Case], user) -> None:
     )
     for case in cases:
         case.ai_progress = status[case.pk]["progress"]
-        case.to_review = status[case.pk]["to_review"] + added.get(case.pk, 0)
+        ai = status[case.pk]["findings" if hides_totals(user, case) else "to_review"]
+        case.to_review = ai + added.get(case.pk, 0)  # blinded: every AI finding, not its calls
         case.decided = decided.get(case.pk, 0)
 
 
@@ -92,7 +94,7 @@ def case_page(request, case: Case, status: int = 200):
     slides = list(case.slides.all())
     for slide in slides:
         slide.run_history = runs.get(slide.pk, [])
-        slide.hpf = _hpf_summary(slide)
+        slide.hpf = _hpf_summary(slide, request.user)
     context = {
         "case": case,
         "slides": slides,
@@ -120,8 +122,11 @@ def _sign_out_defaults(case: Case, slides) -> dict:
     return best or {}
 
 
-def _hpf_summary(slide) -> dict | None:
-    """The slide's HPF summary, or {"error": ...} saying why there is none."""
+def _hpf_summary(slide, user) -> dict | None:
+    """The slide's HPF summary, or {"error": ...} saying why there is none; a blinded
+    reader gets {"hidden": ...} saying why they see only their reviewed count."""
+    if hides_totals(user, slide.case):
+        return {"hidden": HIDDEN_TOTALS}
     try:
         return inference_services.slide_hpf(slide)[1]
     except inference_services.MissingScale as error:
@@ -145,6 +150,7 @@ def upload_slide(request, case_id: int):
             upload.name,
             request.user,
             form.cleaned_data["label"],
+            request=request,
         )
     except SlideRejected as rejection:
         messages.error(request, f"Slide refused: {rejection}")
