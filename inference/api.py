@@ -92,6 +92,7 @@ class FindingSerializer(serializers.ModelSerializer):
             "score",
             "phase",
             "phase_probs",
+            "kept",
             "created_at",
         ]
         read_only_fields = fields

@@ -23,6 +23,7 @@ from .engine.vocabulary import MITOTIC_PHASES
 from .hpf import compute_ai_map
 from .models import Finding, InferenceRun, MilMap, ModelVersion
 from .registry import load_version
+from .signals import run_succeeded
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ def _store(run: InferenceRun, result) -> None:
         }
         locked.timings = {k: round(v, 3) for k, v in stats["seconds"].items()}
         locked.device = stats["device"]
+        for _, counts in run_succeeded.send(sender=InferenceRun, run=locked):
+            locked.counts.update(counts or {})
         locked.save()
         _audit_finish(locked)
     try:

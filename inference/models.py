@@ -118,6 +118,11 @@ class Finding(models.Model):
     score = models.FloatField(null=True, blank=True)
     phase = models.CharField(max_length=12, choices=Phase.choices)
     phase_probs = models.JSONField(default=dict, blank=True)
+    kept = models.BooleanField(
+        default=False,
+        help_text="A decided finding of an earlier run that the latest run did not find again:"
+        " still shown, as 'from run N'",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True
     )

@@ -7,7 +7,7 @@ import contextlib
 
 import django_rq
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -227,12 +227,13 @@ def latest_run(slide) -> InferenceRun | None:
 
 
 def slide_findings(slide):
-    """The findings a slide shows: its latest successful run's, plus pathologist-added."""
+    """The findings a slide shows: its latest successful run's, pathologist-added ones, and
+    decided findings of earlier runs the latest did not find again (``kept``)."""
     run = latest_run(slide)
-    findings = Finding.objects.filter(slide=slide, source=Finding.Source.PATHOLOGIST)
+    shown = Q(source=Finding.Source.PATHOLOGIST) | Q(kept=True)
     if run is not None:
-        findings = findings | Finding.objects.filter(run=run)
-    return run, findings
+        shown |= Q(run=run)
+    return run, Finding.objects.filter(shown, slide=slide)
 
 
 def slide_hpf(slide) -> tuple[HpfMap | None, dict | None]:
@@ -256,13 +257,14 @@ def reviewed_hpf(slide, findings) -> dict | None:
 
 def findings_to_review(slide, reviewer=None):
     """The findings a pathologist reviews: AI findings counted at the run's operating point
-    (mitotic phase), and findings pathologists added; a blinded ``reviewer`` reviews every
+    (mitotic phase), findings pathologists added and decided ones kept from earlier runs;
+    a blinded ``reviewer`` reviews every
     AI finding (which ones the AI counted is its call, hidden from them)."""
     run, findings = slide_findings(slide)
     if reviewer is not None and blinded_for(reviewer, slide.case):
         return findings
-    added = findings.filter(source=Finding.Source.PATHOLOGIST)
-    return added if run is None else added | counted_ai_findings(run)
+    decided_or_added = findings.filter(Q(source=Finding.Source.PATHOLOGIST) | Q(kept=True))
+    return decided_or_added if run is None else decided_or_added | counted_ai_findings(run)
 
 
 def checked_runs(runs) -> list[InferenceRun]:

@@ -104,10 +104,20 @@ def slide_findings(request, slide_id: int):
     run, findings = services.slide_findings(slide)
     rows = list(
         ordered(findings, request.user, slide.case).values_list(
-            "pk", "x", "y", "box_x0", "box_y0", "box_x1", "box_y1", "score", "phase", "source"
+            "pk",
+            "x",
+            "y",
+            "box_x0",
+            "box_y0",
+            "box_x1",
+            "box_y1",
+            "score",
+            "phase",
+            "source",
+            "run",
         )
     )
-    columns = ["id", "x", "y", "x0", "y0", "x1", "y1", "score", "phase", "source"]
+    columns = ["id", "x", "y", "x0", "y0", "x1", "y1", "score", "phase", "source", "run"]
     data = {name: [row[i] for row in rows] for i, name in enumerate(columns)}
     for name in ("x", "y", "x0", "y0", "x1", "y1"):
         data[name] = [round(v, 1) for v in data[name]]

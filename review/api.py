@@ -42,9 +42,9 @@ class DecisionSerializer(serializers.ModelSerializer):
         model = Decision
         fields = [
             "id", "finding", "reviewer", "verdict", "corrected_phase", "reason", "comment",
-            "blinded", "created_at",
+            "blinded", "carried_from", "created_at",
         ]  # fmt: skip
-        read_only_fields = ["id", "finding", "reviewer", "blinded", "created_at"]
+        read_only_fields = ["id", "finding", "reviewer", "blinded", "carried_from", "created_at"]
 
 
 class SignOutSerializer(serializers.Serializer):

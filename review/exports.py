@@ -18,7 +18,7 @@ COLUMNS = [
     "decision_id", "decided_at", "case", "slide_id", "slide", "finding_id", "finding_source",
     "x_px", "y_px", "x_um", "y_um", "ai_score", "ai_phase", "detector", "detector_version",
     "detector_sha256", "classifier", "classifier_version", "classifier_sha256", "run_id",
-    "verdict", "corrected_phase", "reason", "comment", "reviewer", "blinded",
+    "verdict", "corrected_phase", "reason", "comment", "reviewer", "blinded", "carried_from",
 ]  # fmt: skip
 RISKY_STARTS = ("=", "+", "-", "@", "\t", "\r")
 HIDDEN_PHASE = "Blinded"  # a blinded reader's undecided finding: the AI's call stays hidden
@@ -108,6 +108,7 @@ def _row(d: Decision) -> list:
         d.comment,
         d.reviewer.get_username(),
         "yes" if d.blinded else "no",
+        d.carried_from_id or "",
     ]
 
 

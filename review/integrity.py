@@ -24,6 +24,7 @@ def decision_record(decision: Decision) -> dict:
         "reason": decision.reason,
         "comment": decision.comment,
         "blinded": decision.blinded,
+        "carried_from": decision.carried_from_id,
         "decided_at": decision.created_at.isoformat(),
     }
 

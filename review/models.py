@@ -33,6 +33,14 @@ class Decision(models.Model):
     reason = models.CharField(max_length=16, choices=Reason.choices, blank=True)
     comment = models.TextField(blank=True, max_length=2000)
     blinded = models.BooleanField(default=False, help_text="AI output was hidden when decided")
+    carried_from = models.ForeignKey(
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="carried_to",
+        help_text="The decision on an earlier run's finding this one was carried from",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

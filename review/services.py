@@ -174,10 +174,17 @@ def reviewed_findings(slide: Slide) -> QuerySet:
 
 def review_progress(slide: Slide, reviewer) -> dict[str, int]:
     """How many of the findings to review the reviewer has decided: counted AI findings and
-    added ones, or every AI finding for a blinded reader (inference.blinding)."""
+    added ones, or every AI finding for a blinded reader (inference.blinding); of those
+    decisions, how many were carried from an earlier run, and how many decided findings of
+    earlier runs the latest run did not find again (kept, shown "from run N")."""
     to_review = ai.findings_to_review(slide, reviewer)
-    decided = current_decisions(to_review, reviewer).count()
-    return {"decided": decided, "total": to_review.count()}
+    mine = current_decisions(to_review, reviewer)
+    return {
+        "decided": mine.count(),
+        "total": to_review.count(),
+        "carried": mine.exclude(carried_from=None).count(),
+        "kept": to_review.filter(kept=True).count(),
+    }
 
 
 def sign_out(case: Case, user, final_count: int, final_grade: str, request=None) -> None:

@@ -33,6 +33,30 @@ def _current():
     return current_decisions(ai_findings).select_related("reviewer", "finding__run__detector")
 
 
+def _origins(decisions) -> list[int]:
+    """Each decision's origin: the decision a reader made that it was carried from, across
+    re-runs (itself when it was made on its finding)."""
+    carried = dict(Decision.objects.exclude(carried_from=None).values_list("id", "carried_from"))
+    origins = []
+    for d in decisions:
+        origin = d.pk
+        while origin in carried:
+            origin = carried[origin]
+        origins.append(origin)
+    return origins
+
+
+def once_per(decisions, key) -> list:
+    """The latest of the decisions sharing ``key(decision, origin)``: a judgement carried
+    to a re-run's finding counts once, not once per run."""
+    latest = {}
+    for d, origin in zip(decisions, _origins(decisions), strict=True):
+        k = key(d, origin)
+        if k not in latest or latest[k].pk < d.pk:
+            latest[k] = d
+    return sorted(latest.values(), key=lambda d: d.pk)
+
+
 def per_model_version(decisions) -> list[dict]:
     """Share of AI findings agreed / disagreed / uncertain, and precision, per detector."""
     counts: dict[str, Counter] = defaultdict(Counter)
@@ -91,11 +115,14 @@ def phase_confusion(decisions) -> dict[str, dict[str, int]]:
 
 
 def agreement_statistics() -> dict:
-    """All three views over everyone's current decisions on AI findings."""
+    """All three views over everyone's current decisions on AI findings; a decision carried
+    across re-runs counts once per model version, and once between readers."""
     decisions = list(_current())
+    per_version = once_per(decisions, lambda d, o: (d.finding.run.detector_id, d.reviewer_id, o))
+    per_reader = once_per(decisions, lambda d, o: (d.reviewer_id, o))
     return {
-        "decisions": len(decisions),
-        "models": per_model_version(decisions),
-        "pairs": per_pathologist_pair(decisions),
-        "phase_confusion": phase_confusion(decisions),
+        "decisions": len(per_reader),
+        "models": per_model_version(per_version),
+        "pairs": per_pathologist_pair(per_reader),
+        "phase_confusion": phase_confusion(per_reader),
     }

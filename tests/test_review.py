@@ -25,14 +25,14 @@ def test_a_decision_saves_and_a_changed_mind_is_a_new_row(client_for, pathologis
     first = findings(reviewed_slide)[0]
     response = decide(client, first, "agree", corrected_phase="anaphase", reason="", comment="ok")
     assert response.status_code == 200
-    assert response.json()["progress"] == {"decided": 1, "total": 5}
+    assert response.json()["progress"] == {"decided": 1, "total": 5, "carried": 0, "kept": 0}
     decide(client, first, "disagree", reason="lookalike")
     rows = Decision.objects.filter(finding=first).order_by("id")
     assert [d.verdict for d in rows] == ["agree", "disagree"]
     assert rows[0].corrected_phase == "anaphase"
     state = client.get(f"/slides/{reviewed_slide.pk}/review.json").json()
     assert state["decisions"][str(first.pk)]["verdict"] == "disagree"
-    assert state["progress"] == {"decided": 1, "total": 5}
+    assert state["progress"] == {"decided": 1, "total": 5, "carried": 0, "kept": 0}
     history = client.get(f"/findings/{first.pk}/decisions.json").json()["decisions"]
     assert [d["verdict"] for d in history] == ["agree", "disagree"]
     case = Case.objects.get(pk=reviewed_slide.case_id)

@@ -18,6 +18,7 @@
 
   const state = {
     findings: null, // columns from findings.json
+    run: null, // the shown run (findings.json's "run")
     visible: [], // indices that pass the filters, in list order
     selected: -1,
     threshold: 0.5,
@@ -121,7 +122,7 @@
     state.visible = [];
     if (!f) return;
     for (let i = 0; i < f.id.length; i++) {
-      const ai = f.source[i] === "ai";
+      const ai = f.source[i] === "ai" && !fromEarlierRun(i); // decided ones always show
       const belowThreshold = f.score[i] != null && f.score[i] < state.threshold;
       if (ai && (belowThreshold || !state.phases.has(f.phase[i]))) continue;
       state.visible.push(i);
@@ -133,6 +134,12 @@
     draw();
   }
 
+  // A decided finding of an earlier run that the shown run did not find again.
+  function fromEarlierRun(i) {
+    const f = state.findings;
+    return Boolean(state.run && f.run[i] && f.run[i] !== state.run.id);
+  }
+
   function renderList() {
     const list = $("finding-list");
     const f = state.findings;
@@ -140,10 +147,13 @@
       const phase = PHASES[f.phase[i]] ? PHASES[f.phase[i]].label : f.phase[i];
       const verdict = state.verdicts.get(f.id[i]);
       const mark = verdict ? `<span class="verdict verdict-${verdict}" title="${verdict}"></span>` : "";
-      const score = f.score[i] == null ? "added" : f.score[i].toFixed(2);
+      const score = f.score[i] == null ? (f.source[i] === "ai" ? "–" : "added")
+        : f.score[i].toFixed(2);
+      const origin = fromEarlierRun(i)
+        ? ` <span class="muted" title="Decided on an earlier run; the latest run did not find it again">from run ${f.run[i]}</span>` : "";
       const current = i === state.selected ? ' aria-current="true"' : "";
       return `<li data-index="${i}"${current}><span class="phase-dot phase-${f.phase[i]}"></span>` +
-        `<span>${phase}${mark}</span><span class="num">${score}</span><span class="muted">#${n + 1}</span></li>`;
+        `<span>${phase}${mark}${origin}</span><span class="num">${score}</span><span class="muted">#${n + 1}</span></li>`;
     });
     list.innerHTML = rows.join("");
     $("more-findings").hidden = state.visible.length <= state.listed;
@@ -176,7 +186,7 @@
     const position = state.visible.indexOf(i);
     $("finding-position").textContent = position >= 0 ? `${position + 1} of ${state.visible.length}` : "";
     const facts = [
-      ["Source", finding.source === "ai" ? "AI" : "Pathologist"],
+      ["Source", finding.source === "ai" ? (finding.kept ? `AI, from run ${finding.run} (decided there; the latest run did not find it again)` : "AI") : "Pathologist"],
       ["Phase", finding.phase_label],
       ["Score", finding.score == null ? "–" : finding.score.toFixed(3)],
       ["Centre", `${Math.round(finding.x)}, ${Math.round(finding.y)} px`],
@@ -245,6 +255,7 @@
     const selectedId = state.selected >= 0 ? state.findings.id[state.selected] : null;
     const first = state.findings === null;
     state.findings = data.findings;
+    state.run = data.run;
     state.selected = selectedId === null ? -1 : data.findings.id.indexOf(selectedId);
     if (data.run && first) state.threshold = data.run.score_threshold;
     if (data.run) $("run-label").textContent = `run ${data.run.id}`;

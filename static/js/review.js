@@ -28,7 +28,11 @@
   function showProgress(progress) {
     $("review-progress").max = Math.max(progress.total, 1);
     $("review-progress").value = progress.decided;
-    $("review-progress-text").textContent = `${progress.decided} of ${progress.total} decided`;
+    const notes = [];
+    if (progress.carried) notes.push(`${progress.carried} carried from an earlier run`);
+    if (progress.kept) notes.push(`${progress.kept} decided ${progress.kept === 1 ? "finding" : "findings"} kept from earlier runs`);
+    $("review-progress-text").textContent = `${progress.decided} of ${progress.total} decided` +
+      (notes.length ? ` (${notes.join("; ")})` : "");
   }
 
   function showReviewed(reviewed) {
@@ -70,6 +74,7 @@
     const data = await response.json();
     $("decision-history").innerHTML = data.decisions.map((d) =>
       `<li><strong>${d.reviewer}</strong> ${d.verdict}${d.corrected_phase ? " → " + d.corrected_phase : ""}` +
+      `${d.carried_from ? ` · carried from decision ${d.carried_from} (earlier run)` : ""}` +
       `${d.reason ? " · " + d.reason : ""}${d.comment ? " · “" + escapeHtml(d.comment) + "”" : ""}` +
       ` <span class="muted">${new Date(d.created_at).toLocaleString()}</span></li>`).join("") || "<li class='muted'>None yet.</li>";
   }
