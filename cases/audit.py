@@ -29,8 +29,12 @@ RISKY_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
 def client_ip(request) -> str | None:
-    """The client's address as the web server saw it (REMOTE_ADDR)."""
-    return request.META.get("REMOTE_ADDR") if request is not None else None
+    """The client's address as the web server saw it (REMOTE_ADDR), in the form the column
+    stores (IPv6 compressed, blank as NULL): the hash covers what is stored."""
+    if request is None:
+        return None
+    address = request.META.get("REMOTE_ADDR") or None
+    return AuditEvent._meta.get_field("client_ip").get_prep_value(address)
 
 
 def _content(event: AuditEvent) -> str:

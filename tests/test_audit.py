@@ -35,6 +35,22 @@ def test_logins_logouts_and_failed_logins_are_recorded(client, pathologist):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("remote_addr", "stored"),
+    [("", None), ("2001:0db8:0000::0001", "2001:db8::1"), ("10.0.0.7", "10.0.0.7")],
+)
+def test_the_hash_covers_the_client_address_as_stored(client, pathologist, remote_addr, stored):
+    client.post(
+        "/accounts/login/",
+        {"username": pathologist.username, "password": PASSWORD},
+        REMOTE_ADDR=remote_addr,
+    )
+    event = AuditEvent.objects.get(action="login")
+    assert event.client_ip == stored
+    assert verify_chain().ok
+
+
+@pytest.mark.django_db
 def test_slide_views_are_recorded(client_for, pathologist, slide):
     client_for(pathologist).get(f"/slides/{slide.pk}/")
     event = AuditEvent.objects.get(action="slide_view")
