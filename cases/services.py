@@ -1,5 +1,6 @@
 """What other apps may use of the clinical record: who may see which case and slide."""
 
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 
 from . import deepzoom
@@ -18,6 +19,25 @@ __all__ = [
     "visible_cases",
     "visible_slide",
 ]
+
+
+def change_status(case_id: int, new: str, allowed: set[str], why: str) -> bool:
+    """Move a case to ``new`` if its status is one of ``allowed`` (the application's own
+    transitions: AI runs, a first decision), recorded as ``case_changed`` with before and
+    after in the same transaction; False when nothing changed."""
+    with transaction.atomic():
+        case = Case.objects.select_for_update().get(pk=case_id)
+        if case.status == new or case.status not in allowed:
+            return False
+        before = case.status
+        Case.objects.filter(pk=case_id).update(status=new)
+        record_audit(
+            "case_changed",
+            obj=case,
+            case=case,
+            details={"changes": {"status": [before, new]}, "name": str(case), "why": why},
+        )
+    return True
 
 
 def shared_slide(slide: Slide):

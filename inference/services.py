@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 from rq import Queue
 
-from cases.services import Case, record_audit, visible_cases
+from cases.services import Case, change_status, record_audit, visible_cases
 
 from .blinding import blinded_for
 from .hpf import (
@@ -188,14 +188,13 @@ def retry_run(run: InferenceRun, user=None) -> InferenceRun:
 def refresh_case_status(case_id: int) -> None:
     """Move a case between registered / AI queued / AI running / awaiting review from
     its slides' runs; review and sign-out states are left alone."""
-    case = Case.objects.get(pk=case_id)
     automatic = {
         Case.Status.REGISTERED,
         Case.Status.AI_QUEUED,
         Case.Status.AI_RUNNING,
         Case.Status.AWAITING_REVIEW,
     }
-    if case.status not in automatic:
+    if not Case.objects.filter(pk=case_id, status__in=automatic).exists():
         return
     statuses = set(
         InferenceRun.objects.filter(slide__case_id=case_id).values_list("status", flat=True)
@@ -208,7 +207,7 @@ def refresh_case_status(case_id: int) -> None:
         new = Case.Status.AWAITING_REVIEW
     else:
         new = Case.Status.REGISTERED
-    Case.objects.filter(pk=case_id, status__in=automatic).update(status=new)
+    change_status(case_id, new, automatic, "the state of its slides' AI runs")
 
 
 def visible_findings(user):

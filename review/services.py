@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from cases import audit
 from cases.models import Case, CaseAssignment, Slide
+from cases.services import change_status
 from inference import services as ai
 from inference.engine.vocabulary import MITOTIC_PHASES
 from inference.models import Finding
@@ -65,8 +66,8 @@ def _locked_open_case(case_id: int) -> Case:
 
 
 def _start_review(case: Case) -> None:
-    if case.status in (Case.Status.AWAITING_REVIEW, Case.Status.REGISTERED):
-        Case.objects.filter(pk=case.pk).update(status=Case.Status.IN_REVIEW)
+    waiting = {Case.Status.AWAITING_REVIEW, Case.Status.REGISTERED}
+    change_status(case.pk, Case.Status.IN_REVIEW, waiting, "the first review action")
 
 
 def decide(

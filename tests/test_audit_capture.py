@@ -221,3 +221,30 @@ def test_deletions_in_admin_are_audited_with_what_was_deleted(client_for):
     deleted = AuditEvent.objects.filter(action="patient_deleted").order_by("id")
     assert [e.details["before"]["external_ref"] for e in deleted] == ["MRN-8", "MRN-9"]
     assert [e.object_id for e in deleted] == [str(one.pk), str(two.pk)]
+
+
+def test_the_applications_own_status_changes_are_recorded(reviewed_slide, pathologist):
+    """AI runs move a case between registered / AI queued / running / awaiting review, and
+    the first decision puts it in review: each move is a case_changed event with before and
+    after, like an admin's edit."""
+    from inference.models import InferenceRun
+    from inference.services import refresh_case_status
+    from review import services as review
+
+    case = reviewed_slide.case
+    InferenceRun.objects.filter(slide=reviewed_slide).update(status="running")
+    refresh_case_status(case.pk)
+    refresh_case_status(case.pk)  # no change: no event
+    InferenceRun.objects.filter(slide=reviewed_slide).update(status="succeeded")
+    refresh_case_status(case.pk)
+    review.decide(reviewed_slide.findings.first(), pathologist, "agree")
+    review.decide(reviewed_slide.findings.last(), pathologist, "agree")  # already in review
+    events = AuditEvent.objects.filter(action="case_changed", case=case).order_by("id")
+    assert [e.details["changes"]["status"] for e in events] == [
+        ["registered", "ai_running"],
+        ["ai_running", "awaiting_review"],
+        ["awaiting_review", "in_review"],
+    ]
+    case.refresh_from_db()
+    assert case.status == "in_review"
+    call_command("verify_audit")
