@@ -1,7 +1,10 @@
 """Draw docs/images/synthetic_gallery.png: a synthetic slide at low power, a medium-power
 field, and crops of every mitotic phase and look-alike kind read back through OpenSlide.
+With --domains, draw docs/images/synthetic_domains.png instead: the same figures of one
+seed in the default and the shifted domain, side by side.
 
     .venv/bin/python docs/synthetic_gallery.py [OUT.png]
+    .venv/bin/python docs/synthetic_gallery.py --domains [OUT.png]
 """
 
 import sys
@@ -48,6 +51,71 @@ def _busiest(objects: list[dict], radius: float) -> tuple[int, int]:
     return int(x), int(y)
 
 
+def _same_objects(default: dict, shifted: dict) -> dict[str, list[dict]]:
+    """Per phase/kind, the first objects that sit at the same place in both domains."""
+    there = {(o["x"], o["y"]): o for o in shifted["mitoses"] + shifted["hard_negatives"]}
+    out: dict[str, list[dict]] = {}
+    for obj in default["mitoses"] + default["hard_negatives"]:
+        name = obj.get("phase") or obj["kind"]
+        twin = there.get((obj["x"], obj["y"]))
+        same = twin is not None and (twin.get("phase") or twin["kind"]) == name
+        if same and len(out.setdefault(name, [])) < DOMAIN_EXAMPLES:
+            out[name].append(obj)
+    return out
+
+
+DOMAIN_EXAMPLES = 2
+DOMAIN_SCALE = 1.0
+
+
+def domains(out: Path) -> None:
+    """The same objects of one seed in each domain: two crops per kind, default above
+    shifted, and a medium-power field of each."""
+    size = (6000, 4500)
+    with tempfile.TemporaryDirectory() as tmp:
+        truths, slides = {}, {}
+        for domain in synth.DOMAINS:
+            path = Path(tmp) / f"{domain}.tiff"
+            truths[domain] = synth.generate_slide(
+                path, 4, size, mitoses_per_mm2=30, hard_negatives_per_mm2=40, domain=domain
+            )
+            slides[domain] = openslide.OpenSlide(str(path))
+        chosen = _same_objects(truths["default"], truths["shifted"])
+        cx, cy = _busiest(truths["default"]["mitoses"], radius=1200)
+        kinds = [*synth.PHASES, *synth.NEGATIVE_KINDS]
+        cell = int(CROP * DOMAIN_SCALE)
+        width = len(kinds) * (DOMAIN_EXAMPLES * (cell + 2) + PAD) + PAD
+        fw, fh = 640, 384
+        height = 36 + 2 * (cell + PAD) + 30 + fh + PAD
+        canvas = Image.new("RGB", (width, height + 32), "white")
+        draw = ImageDraw.Draw(canvas)
+        small = _font(16)
+        for col, kind in enumerate(kinds):
+            x = PAD + col * (DOMAIN_EXAMPLES * (cell + 2) + PAD)
+            label = kind if kind in synth.PHASES else f"{kind} (neg.)"
+            draw.text((x, 8), label, fill="black", font=small)
+            for k, obj in enumerate(chosen.get(kind, [])):
+                for row, domain in enumerate(synth.DOMAINS):
+                    x0, y0 = int(obj["x"]) - CROP // 2, int(obj["y"]) - CROP // 2
+                    img = slides[domain].read_region((x0, y0), 0, (CROP, CROP)).convert("RGB")
+                    img = img.resize((cell, cell), Image.LANCZOS)
+                    canvas.paste(img, (x + k * (cell + 2), 32 + row * (cell + PAD)))
+        top = 32 + 2 * (cell + PAD) + 4
+        for k, domain in enumerate(synth.DOMAINS):
+            region = slides[domain].read_region((cx - 1000, cy - 600), 0, (2000, 1200))
+            x = PAD + k * (fw + PAD)
+            draw.text((x, top), f"{domain}: 500 x 300 um field", fill="black", font=small)
+            canvas.paste(region.convert("RGB").resize((fw, fh), Image.LANCZOS), (x, top + 24))
+        note = "Crops, 32 um each: default domain above,\nshifted below (same seed, same objects)."
+        draw.multiline_text((PAD + 2 * (fw + PAD) + 16, top + 24), note, fill="black", font=small)
+        for slide in slides.values():
+            slide.close()
+    canvas.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        out, optimize=True
+    )
+    print(f"wrote {out} ({canvas.width}x{canvas.height})")
+
+
 def main(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gallery.tiff"
@@ -91,8 +159,12 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(
-        Path(sys.argv[1])
-        if len(sys.argv) > 1
-        else Path(__file__).parent / "images/synthetic_gallery.png"
-    )
+    args = sys.argv[1:]
+    if args[:1] == ["--domains"]:
+        domains(
+            Path(args[1])
+            if len(args) > 1
+            else Path(__file__).parent / "images/synthetic_domains.png"
+        )
+    else:
+        main(Path(args[0]) if args else Path(__file__).parent / "images/synthetic_gallery.png")

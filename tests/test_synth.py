@@ -8,6 +8,7 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from scipy import ndimage
 
 from inference.tools import synth
 
@@ -239,3 +240,104 @@ def test_synth_slide_command_writes_slide_and_ground_truth(tmp_path, capsys):
     with openslide.OpenSlide(str(out)) as slide:
         assert slide.dimensions == (900, 700)
     assert "Wrote" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- domains
+
+# The ground truth of small_slides["a"] (seed 5, 1400x1100, default domain) as today's
+# generator writes it: the shipped models' cards name their training and test seeds, so a
+# change to the default domain must be a deliberate GENERATOR_VERSION bump.
+DEFAULT_A_JSON_SHA256 = "5b33f1929053018dec917a56b732a0777ba2c8886cf1f361f27e73329cd82226"
+
+
+@pytest.fixture(scope="session")
+def shifted_slides(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """small_slides["a"]'s seed and size in the shifted domain, and a dense shifted slide."""
+    root = tmp_path_factory.mktemp("synth-shifted")
+    out = {}
+    for name, seed, size, extra in (("a", 5, (1400, 1100), {}), ("dense", 11, SIZE, DENSE)):
+        path = root / f"{name}.tiff"
+        out[name] = path, synth.generate_slide(path, seed, size, domain="shifted", **extra)
+    return out
+
+
+def _field(path: Path) -> np.ndarray:
+    with openslide.OpenSlide(str(path)) as slide:
+        return np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"), float)
+
+
+def test_default_domain_is_unchanged(small_slides, tmp_path):
+    a = small_slides["a"]
+    assert _sha256(a.with_suffix(".json")) == DEFAULT_A_JSON_SHA256
+    assert "domain" not in json.loads(a.with_suffix(".json").read_text())
+    explicit = tmp_path / "explicit.tiff"
+    synth.generate_slide(explicit, 5, (1400, 1100), domain="default")
+    assert _sha256(explicit) == _sha256(a)
+    assert explicit.with_suffix(".json").read_bytes() == a.with_suffix(".json").read_bytes()
+
+
+def test_shifted_ground_truth_is_exact_and_named(shifted_slides):
+    path, gt = shifted_slides["dense"]
+    assert json.loads(path.with_suffix(".json").read_text()) == gt
+    assert gt["domain"] == "shifted" and gt["version"] == synth.GENERATOR_VERSION
+    assert {m["phase"] for m in gt["mitoses"]} == set(synth.PHASES)
+    assert {n["kind"] for n in gt["hard_negatives"]} == set(synth.NEGATIVE_KINDS)
+    with openslide.OpenSlide(str(path)) as slide:
+        for obj in gt["mitoses"] + gt["hard_negatives"]:
+            x0, y0, x1, y1 = (int(round(v)) for v in obj["box"])
+            region = np.asarray(slide.read_region((x0 - 2, y0 - 2), 0, (x1 - x0 + 5, y1 - y0 + 5)))
+            rgb = region[..., :3].reshape(-1, 3).astype(float)
+            dark = rgb[np.argsort(_luminance(rgb))[:20]]
+            assert _luminance(dark).mean() < 110, obj  # the figure is there, stained
+            assert dark[:, 2].mean() > dark[:, 0].mean(), obj
+
+
+def test_shifted_domain_places_the_same_slide(small_slides, shifted_slides):
+    _, shifted = shifted_slides["a"]
+    default = json.loads(small_slides["a"].with_suffix(".json").read_text())
+    assert shifted["tumour_regions"] == default["tumour_regions"]
+    same = {(m["x"], m["y"]) for m in default["mitoses"]} & {
+        (m["x"], m["y"]) for m in shifted["mitoses"]
+    }
+    assert len(same) >= 0.8 * len(default["mitoses"])
+    assert shifted["stain"] != default["stain"] and "response" in shifted["stain"]
+
+
+def test_shifted_domain_differs_in_colour_and_sharpness(small_slides, shifted_slides):
+    default, shifted = _field(small_slides["a"]), _field(shifted_slides["a"][0])
+
+    def stats(rgb: np.ndarray) -> dict[str, float]:
+        lum = _luminance(rgb)
+        tissue = lum < 215
+        dark = tissue & (lum < np.percentile(lum[tissue], 5))
+        return {
+            "green_over_red": float(rgb[tissue, 1].mean() / rgb[tissue, 0].mean()),
+            "dark_red_over_blue": float(rgb[dark, 0].mean() / rgb[dark, 2].mean()),
+            "sharpness": float(np.abs(ndimage.laplace(lum))[tissue].mean()),
+        }
+
+    d, s = stats(default), stats(shifted)
+    assert s["green_over_red"] > d["green_over_red"] + 0.05  # weaker eosin
+    assert s["dark_red_over_blue"] < d["dark_red_over_blue"] - 0.15  # bluer hematoxylin
+    assert s["sharpness"] < 0.8 * d["sharpness"]  # scanner blur
+
+
+def test_shifted_patches_and_crops():
+    img, ann = synth.render_patch(3, size=160, n_mitoses=2, domain="shifted")
+    default, _ = synth.render_patch(3, size=160, n_mitoses=2)
+    assert "response" in ann["stain"] and not np.array_equal(img, default)
+    crop, obj = synth.render_figure_crop(21, "metaphase", size=96, domain="shifted")
+    assert obj["phase"] == "metaphase" and crop.shape == (96, 96, 3)
+    with pytest.raises(ValueError, match="domain"):
+        synth.render_patch(3, size=64, domain="elsewhere")
+
+
+def test_synth_slide_command_shifted_domain(tmp_path):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    out = tmp_path / "shifted.tiff"
+    call_command("synth_slide", str(out), "--seed", "3", "--size", "700x600", "--domain", "shifted")
+    assert json.loads(out.with_suffix(".json").read_text())["domain"] == "shifted"
+    with pytest.raises(CommandError, match="domain"):
+        call_command("synth_slide", str(out), "--seed", "3", "--size", "700x600", "--domain", "x")

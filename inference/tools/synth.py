@@ -16,6 +16,10 @@ A slide is a deterministic function of its arguments and seed:
    into a pyramidal (Big)TIFF; lower levels are halved on the fly into temporary raw
    files next to the output, then streamed in turn.  Memory stays at a few stripes.
 
+Two domains (``DOMAINS``): "default", the slides the shipped models learnt from, and
+"shifted", another lab's stain, another scanner (blur, colour response) and figures of
+another build, laid out identically from the same seed (docs/synthetic.md, "Domains").
+
 Plain NumPy/SciPy/tifffile; no Django.
 """
 
@@ -43,6 +47,8 @@ PHASES = ("prophase", "metaphase", "anaphase", "telophase")
 NEGATIVE_KINDS = ("pyknotic", "lymphocyte", "overlap")
 FIGURE_KINDS = (*PHASES, *NEGATIVE_KINDS, "normal")
 
+DOMAINS = ("default", "shifted")  # see docs/synthetic.md, "Domains"
+
 DEFAULT_MITOSES_PER_MM2 = 4.0
 PHASE_WEIGHTS = (0.27, 0.35, 0.19, 0.19)
 NEGATIVE_WEIGHTS = (0.4, 0.3, 0.3)
@@ -57,6 +63,9 @@ TEX_BANK = 4  # distinct texture sets used by in-memory patches
 
 _H_REF = (0.5626, 0.7201, 0.4062)  # Macenko's reference stain vectors (OD, RGB)
 _E_REF = (0.2159, 0.8012, 0.5581)
+# The shifted domain's stains: a bluer hematoxylin, a more orange eosin.
+_H_SHIFT = (0.70, 0.66, 0.27)
+_E_SHIFT = (0.12, 0.70, 0.70)
 
 Progress = Callable[[int, int], None]
 
@@ -76,6 +85,14 @@ _TEXTURES: dict[str, tuple[int, tuple]] = {
     "pix": (257, ("px", 0.6)),
     **{f"fibre{k}": (FIBRE_PERIOD, ("aniso", 6.0, 0.45, k * math.pi / 4)) for k in range(4)},
 }
+# Made only for the shifted domain (their own random stream, so default textures stay).
+_SHIFTED_TEXTURES: dict[str, tuple[int, tuple]] = {
+    "coarse": (527, ("gauss", 1.3)),
+    "thread2": (547, ("dog", 0.9, 1.8)),
+}
+# Texture names the figure stamps ask for, and what the shifted domain gives them instead:
+# coarser chromatin everywhere, thicker prophase threads.
+_SHIFTED_CHROMATIN = {"grain": "chrom", "chrom": "clump", "clump": "coarse", "thread": "thread2"}
 
 
 def _gauss_spectrum(fx: np.ndarray, fy: np.ndarray, su: float, sv: float, ang: float) -> np.ndarray:
@@ -109,9 +126,13 @@ def _periodic_noise(rng: np.random.Generator, period: int, recipe: tuple, mpp: f
 class Textures:
     """Periodic noise maps, sampled at absolute pixel coordinates (plus an offset)."""
 
-    def __init__(self, seed: int, mpp: float):
+    def __init__(self, seed: int, mpp: float, domain: str = "default"):
         rng = np.random.default_rng([seed, 0x7E7])
         self.maps = {n: _periodic_noise(rng, p, r, mpp) for n, (p, r) in _TEXTURES.items()}
+        if domain == "shifted":
+            rng = np.random.default_rng([seed, 0x7E8])
+            for n, (p, r) in _SHIFTED_TEXTURES.items():
+                self.maps[n] = _periodic_noise(rng, p, r, mpp)
 
     def window(self, name: str, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """The (h, w) window of texture ``name`` whose top-left pixel is (x0, y0)."""
@@ -127,8 +148,8 @@ class Textures:
 
 
 @lru_cache(maxsize=TEX_BANK + 2)
-def _textures(seed: int, mpp: float) -> Textures:
-    return Textures(seed, mpp)
+def _textures(seed: int, mpp: float, domain: str = "default") -> Textures:
+    return Textures(seed, mpp, domain)
 
 
 # =========================================================================== fields
@@ -288,6 +309,54 @@ def random_stain(rng: np.random.Generator | int) -> dict[str, Any]:
     }
 
 
+def shifted_stain(rng: np.random.Generator | int | Sequence[int]) -> dict[str, Any]:
+    """A stain of the shifted domain: another lab's H&E on another scanner.
+
+    Stronger, bluer hematoxylin; weaker, more orange eosin; warmer glass; softer optics
+    (more blur, everywhere: ``focus_floor``); and a scanner colour response (channel
+    cross-talk ``matrix`` and ``gamma`` on RGB in [0, 1]) that ``_to_rgb`` applies.
+    """
+    rng = np.random.default_rng(rng)
+
+    def vec(ref: tuple[float, float, float]) -> list[float]:
+        v = np.clip(np.asarray(ref) + rng.normal(0.0, 0.03, 3), 0.05, None)
+        return [round(float(x), 4) for x in v / np.linalg.norm(v)]
+
+    tint = rng.normal(0.0, 1.5, 3)
+    cross = rng.uniform(0.04, 0.09, 3)
+    matrix = [
+        [1 - cross[0], cross[0], 0.0],
+        [0.0, 1 - cross[1], cross[1]],
+        [cross[2], 0.0, 1 - cross[2]],
+    ]
+    return {
+        "hematoxylin": vec(_H_SHIFT),
+        "eosin": vec(_E_SHIFT),
+        "h_scale": round(float(rng.uniform(1.15, 1.35)), 4),
+        "e_scale": round(float(rng.uniform(0.4, 0.6)), 4),
+        "background": [round(float(c + t), 2) for c, t in zip((246, 238, 226), tint, strict=True)],
+        "blur_um": round(float(rng.uniform(0.3, 0.42)), 4),
+        "focus_floor": round(float(rng.uniform(0.55, 0.7)), 4),
+        "response": {
+            "matrix": [[round(float(v), 4) for v in row] for row in matrix],
+            "gamma": round(float(rng.uniform(1.05, 1.2)), 4),
+        },
+    }
+
+
+def check_domain(domain: str) -> None:
+    """Refuse a domain name that is not one of ``DOMAINS``."""
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, not {domain!r}")
+
+
+def domain_stain(domain: str, base: dict[str, Any], seed: int, stream: int) -> dict[str, Any]:
+    """The stain a world of ``domain`` uses: ``base`` (drawn as for default, so the rest of
+    the layout is the same) or a shifted stain from its own random stream."""
+    check_domain(domain)
+    return base if domain == "default" else shifted_stain([seed, 0x5F1, stream])
+
+
 # =========================================================================== world
 
 
@@ -312,6 +381,7 @@ class World:
     reach_px: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     labels: list[dict | None] = field(default_factory=list)
     tumour_regions: list[list[list[float]]] = field(default_factory=list)
+    domain: str = "default"
 
     @property
     def blur_px(self) -> float:
@@ -417,8 +487,8 @@ def _place_nuclei(world: World, rng, inside: np.ndarray, figures: list[Figure]) 
     keep = rng.random(xs.size) < keep_p
     xs, ys, is_tum = xs[keep], ys[keep], is_tum[keep]
     n = xs.size
-    tum_p = fig.sample_params(fig.TUMOUR, n, rng)
-    str_p = fig.sample_params(fig.STROMAL, n, rng)
+    tum_p = fig.sample_params(fig.TUMOUR, n, rng, world.domain)
+    str_p = fig.sample_params(fig.STROMAL, n, rng, world.domain)
     c2, s2 = world.fields.points("c2", xs, ys), world.fields.points("s2", xs, ys)
     str_p[:, 0] = 0.5 * np.arctan2(s2, c2) + rng.normal(0, 0.15, n)
     radius = np.where(is_tum, np.sqrt(tum_p[:, 1] * tum_p[:, 2]), 2.2) / world.mpp
@@ -474,11 +544,12 @@ def _hotspot_weights(world: World, rng, tumour_nodes: np.ndarray) -> np.ndarray:
     return w * (1.0 + 10.0 * boost)
 
 
-def _figures_at(kind_names: Sequence[str], xs, ys, rng) -> list[Figure]:
+def _figures_at(kind_names: Sequence[str], xs, ys, rng, domain: str) -> list[Figure]:
     out = []
     for name, x, y in zip(kind_names, xs, ys, strict=True):
         code = fig.KIND_CODES[name]
-        out.append(Figure(code, float(x), float(y), fig.sample_params(code, 1, rng)[0]))
+        p = fig.sample_params(code, 1, rng, domain)[0]
+        out.append(Figure(code, float(x), float(y), p))
     return out
 
 
@@ -493,7 +564,8 @@ def _lymph_clusters(world: World, rng, seeds: list[Figure]) -> list[Figure]:
         ys = s.y + rng.normal(0, spread, k)
         tissue, _ = world.alphas_at(xs, ys)
         ok = (tissue > 0.9) & (xs > 0) & (ys > 0) & (xs < world.width) & (ys < world.height)
-        out.extend(_figures_at(["lymphocyte"] * int(ok.sum()), xs[ok], ys[ok], rng))
+        lymph = ["lymphocyte"] * int(ok.sum())
+        out.extend(_figures_at(lymph, xs[ok], ys[ok], rng, world.domain))
     return out
 
 
@@ -561,8 +633,14 @@ def build_slide_world(
     mitoses_per_mm2: float = DEFAULT_MITOSES_PER_MM2,
     tumour_fraction: float = 0.5,
     hard_negatives_per_mm2: float | None = None,
+    domain: str = "default",
 ) -> World:
-    """Lay out a whole slide (fields, stain, every object) without rendering pixels."""
+    """Lay out a whole slide (fields, stain, every object) without rendering pixels.
+
+    ``domain`` "shifted" changes the stain, the scanner and the figures' proportions and
+    chromatin, not where anything is: a seed places the same objects in both domains (up
+    to a few figures that collide differently at their other sizes)."""
+    check_domain(domain)
     width, height = int(size[0]), int(size[1])
     rng = np.random.default_rng([seed, 1])
     side = min(width, height) * mpp
@@ -574,7 +652,9 @@ def build_slide_world(
         shape_um=side,
     )
     fields, inside, tumour_nodes = _make_fields(rng, width, height, mpp, plan)
-    world = World(width, height, mpp, random_stain(rng), fields, _textures(seed, mpp), (0, 0))
+    stain = domain_stain(domain, random_stain(rng), seed, 1)
+    tex = _textures(seed, mpp, domain)
+    world = World(width, height, mpp, stain, fields, tex, (0, 0), domain=domain)
     figures = _slide_figures(world, rng, tumour_nodes, mitoses_per_mm2, hard_negatives_per_mm2)
     _commit_figures(world, figures)
     _place_nuclei(world, rng, inside, figures)
@@ -599,7 +679,7 @@ def _slide_figures(world, rng, tumour_nodes, mitoses_per_mm2, negatives_per_mm2)
     n_mit = int(rng.poisson(max(mitoses_per_mm2, 0.0) * area))
     xs, ys = _sample_sites(world, rng, n_mit, weights, in_tumour)
     phases = rng.choice(PHASES, size=xs.size, p=PHASE_WEIGHTS)
-    mitoses = _figures_at(phases, xs, ys, rng)
+    mitoses = _figures_at(phases, xs, ys, rng, world.domain)
 
     neg_rate = 2.0 * mitoses_per_mm2 if negatives_per_mm2 is None else negatives_per_mm2
     n_neg = int(rng.poisson(max(neg_rate, 0.0) * area))
@@ -607,14 +687,15 @@ def _slide_figures(world, rng, tumour_nodes, mitoses_per_mm2, negatives_per_mm2)
     n_lym = int((kinds == "lymphocyte").sum())
     xs, ys = _sample_sites(world, rng, n_neg - n_lym, np.sqrt(weights), in_tumour)
     tum_kinds = [k for k in kinds if k != "lymphocyte"][: xs.size]
-    negs = _figures_at(tum_kinds, xs, ys, rng)
+    negs = _figures_at(tum_kinds, xs, ys, rng, world.domain)
     n_til = int(rng.binomial(n_lym, 0.4))  # tumour-infiltrating; the rest in nearby stroma
     xs, ys = _sample_sites(world, rng, n_til, tumour_nodes.astype(float), in_tumour)
     xs2, ys2 = _sample_sites(
         world, rng, n_lym - n_til, _stroma_near_tumour(world, tumour_nodes), in_stroma
     )
     xs, ys = np.concatenate([xs, xs2]), np.concatenate([ys, ys2])
-    negs += _lymph_clusters(world, rng, _figures_at(["lymphocyte"] * xs.size, xs, ys, rng))
+    lymph = _figures_at(["lymphocyte"] * xs.size, xs, ys, rng, world.domain)
+    negs += _lymph_clusters(world, rng, lymph)
     return _resolve_fast(world, mitoses + negs)
 
 
@@ -709,6 +790,7 @@ def _stamp_objects(world: World, layers, x0: int, y0: int, w: int, h: int) -> No
     hit = (xs + rr >= x0) & (xs - rr < x0 + w) & (ys + rr >= y0) & (ys - rr < y0 + h)
     s = 1.0 / world.mpp
     edge = max(0.8, 0.4 * s)
+    alias = _SHIFTED_CHROMATIN if world.domain == "shifted" else {}
     for i in np.nonzero(hit)[0] + lo:
         x, y, r = float(world.xs[i]), float(world.ys[i]), float(world.reach_px[i])
         ax0, ax1 = max(int(x - r), x0), min(int(x + r) + 2, x0 + w)
@@ -725,7 +807,7 @@ def _stamp_objects(world: World, layers, x0: int, y0: int, w: int, h: int) -> No
             e=el[win],
             clear=cl[win],
             tex=lambda name, a=ax0, b=ay0, ww=ax1 - ax0, hh=ay1 - ay0: world.tex_window(
-                name, a, b, ww, hh
+                alias.get(name, name), a, b, ww, hh
             ),
         )
         fig.DRAW[int(world.kinds[i])](st, world.params[i].tolist())
@@ -777,9 +859,13 @@ def _fibres(world: World, c2, s2, x0: int, y0: int, w: int, h: int) -> np.ndarra
 
 
 def _blur(world: World, od: np.ndarray, focus: np.ndarray) -> np.ndarray:
-    """Mild optical blur, stronger where the focus field is high."""
+    """Mild optical blur, stronger where the focus field is high (and at least the stain's
+    ``focus_floor`` everywhere, where it has one: a soft scanner)."""
     sharp = od
     soft = ndimage.gaussian_filter(od, world.blur_px, truncate=3.0, mode="nearest")
+    floor = world.stain.get("focus_floor")
+    if floor is not None:
+        focus = np.maximum(focus, np.float32(floor))
     return sharp + focus * (soft - sharp)
 
 
@@ -791,6 +877,8 @@ def _to_rgb(world: World, hem, eos, x0: int, y0: int, w: int, h: int) -> np.ndar
     bg = np.asarray(st["background"], np.float32)
     glass = 1.0 + 0.003 * world.tex_window("edge", x0 + 300, y0 + 300, w, h)
     noise = 1.4 * world.tex_window("pix", x0, y0, w, h)
+    if "response" in st:
+        return _scanned_rgb(st, hem, eos, (kh, ke, bg), glass, noise)
     out = np.empty((h, w, 3), np.uint8)
     for c in range(3):
         chan = glass * bg[c]
@@ -800,6 +888,20 @@ def _to_rgb(world: World, hem, eos, x0: int, y0: int, w: int, h: int) -> np.ndar
         np.clip(chan, 0, 255, out=chan)
         out[..., c] = np.rint(chan)
     return out
+
+
+def _scanned_rgb(st: dict, hem, eos, vectors, glass, noise) -> np.ndarray:
+    """``_to_rgb`` through a scanner colour response: transmitted light, then channel
+    cross-talk and gamma, then sensor noise."""
+    kh, ke, bg = vectors
+    light = np.stack([glass * bg[c] for c in range(3)], axis=-1) / np.float32(255)
+    if hem is not None:
+        od = hem[..., None] * kh + eos[..., None] * ke
+        light *= np.exp(-od)
+    matrix = np.asarray(st["response"]["matrix"], np.float32)
+    seen = np.clip(light @ matrix.T, 0.0, 1.0) ** np.float32(st["response"]["gamma"])
+    rgb = seen * np.float32(255) + noise[..., None]
+    return np.rint(np.clip(rgb, 0, 255)).astype(np.uint8)
 
 
 def render_region(world: World, x0: int, y0: int, w: int, h: int) -> np.ndarray:
@@ -832,6 +934,8 @@ def ground_truth(world: World, seed: int, extra: dict | None = None) -> dict[str
         "hard_negatives": negatives,
         "tumour_regions": world.tumour_regions,
     }
+    if world.domain != "default":  # absent means default: today's files stay byte-identical
+        gt["domain"] = world.domain
     if extra:
         gt["params"] = extra
     return gt
@@ -969,6 +1073,7 @@ def generate_slide(
     tumour_fraction: float = 0.5,
     progress: Progress | None = None,
     hard_negatives_per_mm2: float | None = None,
+    domain: str = "default",
 ) -> dict[str, Any]:
     """Write a synthetic H&E slide to ``out_path`` (pyramidal TIFF) and its ground truth
     next to it (same name, ``.json``); return the ground-truth dict.
@@ -976,11 +1081,13 @@ def generate_slide(
     ``size`` is (width, height) in level-0 pixels at ``mpp`` um/px.  Mitoses are placed in
     tumour at ``mitoses_per_mm2`` per mm2 of tumour on average, concentrated in hotspots;
     hard negatives default to twice that rate.  ``progress(done, total)`` is called as
-    regions are rendered.  The same arguments always give the same bytes.
+    regions are rendered.  ``domain`` is "default" or "shifted" (another stain, scanner and
+    figure appearance; see ``build_slide_world``).  The same arguments always give the
+    same bytes.
     """
     out_path = Path(out_path)
     world = build_slide_world(
-        seed, size, mpp, mitoses_per_mm2, tumour_fraction, hard_negatives_per_mm2
+        seed, size, mpp, mitoses_per_mm2, tumour_fraction, hard_negatives_per_mm2, domain
     )
     write_pyramid(out_path, world, progress)
     extra = {
@@ -998,9 +1105,16 @@ def generate_slide(
 
 
 def _patch_world(
-    rng: np.random.Generator, seed: int, size: tuple[int, int], mpp: float, stain, tumour=None
+    rng: np.random.Generator,
+    seed: int,
+    size: tuple[int, int],
+    mpp: float,
+    stain,
+    tumour=None,
+    domain: str = "default",
 ) -> tuple[World, np.ndarray]:
     """A small world filled with tissue (no slide outline), for in-memory patches."""
+    check_domain(domain)
     w, h = size
     plan = FieldPlan(
         tissue_cover=0.0,
@@ -1010,10 +1124,10 @@ def _patch_world(
         shape_um=max(w, h) * mpp,
     )
     fields, inside, _ = _make_fields(rng, w, h, mpp, plan)
-    stain = random_stain(rng) if stain is None else dict(stain)
-    tex = _textures(seed % TEX_BANK, mpp)
+    stain = domain_stain(domain, random_stain(rng), seed, 2) if stain is None else dict(stain)
+    tex = _textures(seed % TEX_BANK, mpp, domain)
     offset = (int(rng.integers(0, 1 << 16)), int(rng.integers(0, 1 << 16)))
-    return World(w, h, mpp, stain, fields, tex, offset), inside
+    return World(w, h, mpp, stain, fields, tex, offset, domain=domain), inside
 
 
 def _patch_sites(world: World, rng, n: int, margin_px: float, prefer_tumour: bool):
@@ -1054,6 +1168,7 @@ def render_patch(
     phases: Sequence[str] | None = None,
     stain: dict[str, Any] | None = None,
     negative_kinds: Sequence[str] | None = None,
+    domain: str = "default",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Render a labelled size x size tissue patch in memory.
 
@@ -1063,13 +1178,14 @@ def render_patch(
     0-3 and 0-4; mitosis i gets ``phases[i % len(phases)]`` (random when None), and
     likewise look-alike i gets ``negative_kinds[i % len(...)]``.  A figure may be dropped
     if it cannot be placed without colliding with another.  ``stain`` (a dict like a
-    slide's ``"stain"``) fixes the staining; by default it is random per seed.
+    slide's ``"stain"``) fixes the staining; by default it is random per seed (and
+    ``domain``'s: "default" or "shifted").
     """
     unknown = set(phases or ()) - set(PHASES) | set(negative_kinds or ()) - set(NEGATIVE_KINDS)
     if unknown:
         raise ValueError(f"unknown phase or kind: {sorted(unknown)}")
     rng = np.random.default_rng([seed, 2])
-    world, inside = _patch_world(rng, seed, (size, size), mpp, stain)
+    world, inside = _patch_world(rng, seed, (size, size), mpp, stain, domain=domain)
     n_mit = int(rng.integers(0, 4)) if n_mitoses is None else int(n_mitoses)
     n_neg = int(rng.integers(0, 5)) if n_negatives is None else int(n_negatives)
     ph = [
@@ -1082,9 +1198,9 @@ def render_patch(
     ]
     margin = 8.0 / mpp
     xs, ys = _patch_sites(world, rng, n_mit, margin, True)
-    figures = _figures_at([str(p) for p in ph], xs, ys, rng)
+    figures = _figures_at([str(p) for p in ph], xs, ys, rng, domain)
     xs, ys = _patch_sites(world, rng, n_neg, margin, False)
-    figures += _figures_at([str(k) for k in nk], xs, ys, rng)
+    figures += _figures_at([str(k) for k in nk], xs, ys, rng, domain)
     _finish_patch(world, rng, inside, figures)
     return render_region(world, 0, 0, size, size), _annotations(world)
 
@@ -1096,24 +1212,27 @@ def render_figure_crop(
     mpp: float = 0.25,
     stain: dict[str, Any] | None = None,
     jitter_um: float = 0.0,
+    domain: str = "default",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Render a size x size crop centred on one figure of ``kind`` (a phase, a look-alike
     kind, or "normal" for an ordinary tumour nucleus), for phase-classifier training.
 
     Returns (RGB uint8 (size, size, 3), the figure's annotation in crop pixels, with
-    "phase" or "kind").  ``jitter_um`` shifts the figure randomly off centre.
+    "phase" or "kind").  ``jitter_um`` shifts the figure randomly off centre; ``domain``
+    as for ``render_patch``.
     """
     if kind not in FIGURE_KINDS:
         raise ValueError(f"kind must be one of {FIGURE_KINDS}, not {kind!r}")
     rng = np.random.default_rng([seed, 3])
-    world, inside = _patch_world(rng, seed, (size, size), mpp, stain, float(rng.uniform(0.5, 1)))
+    tumour = float(rng.uniform(0.5, 1))
+    world, inside = _patch_world(rng, seed, (size, size), mpp, stain, tumour, domain)
     c = (size - 1) / 2.0
     x, y = (
         c + rng.uniform(-jitter_um, jitter_um) / mpp,
         c + rng.uniform(-jitter_um, jitter_um) / mpp,
     )
     code = fig.TUMOUR if kind == "normal" else fig.KIND_CODES[kind]
-    f = Figure(code, x, y, fig.sample_params(code, 1, rng)[0])
+    f = Figure(code, x, y, fig.sample_params(code, 1, rng, domain)[0])
     if kind == "normal":
         _add_objects(world, code, [x], [y], f.params[None, :], [None])
         _finish_patch(world, rng, inside, [], keep_clear=[f])

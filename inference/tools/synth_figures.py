@@ -449,6 +449,62 @@ SPECS: dict[int, Spec] = {
 }
 
 
+def _retune(spec: Spec, **ranges: tuple[float, float]) -> Spec:
+    """``spec`` with some columns' ranges replaced (same columns, same order)."""
+    unknown = set(ranges) - {name for name, _, _ in spec}
+    if unknown:
+        raise ValueError(f"no such parameter: {sorted(unknown)}")
+    return [(name, *ranges.get(name, (lo, hi))) for name, lo, hi in spec]
+
+
+# The "shifted" domain (synth.DOMAINS): the same kinds drawn by the same functions, with
+# other proportions. Ordinary nuclei are larger and more often hyperchromatic; prophase has
+# coarser threads; metaphase plates are shorter and stubbier and more often seen end-on;
+# anaphase bands sit further apart; telophase clusters are larger; look-alikes are larger
+# and darker. Column counts are unchanged, so a seed lays out the same slide in both domains.
+SHIFTED_SPECS: dict[int, Spec] = {
+    TUMOUR: _retune(
+        _NUCLEUS,
+        a_um=(4.4, 6.8),
+        intensity=(0.7, 1.35),
+        rim=(0.1, 0.45),
+        irregularity=(0.04, 0.16),
+    ),
+    STROMAL: _STROMAL,
+    PROPHASE: _retune(_PROPHASE, radius_um=(5.0, 7.0), thread_width=(0.4, 0.6), halo=(0.0, 0.3)),
+    METAPHASE: _retune(
+        _METAPHASE,
+        half_length_um=(2.8, 4.4),
+        half_thickness_um=(1.5, 2.3),
+        intensity=(1.7, 2.5),
+        halo=(0.0, 0.35),
+        polar_view=(0.4, 1.0),
+        ring_radius_um=(2.8, 3.8),
+    ),
+    ANAPHASE: _retune(
+        _ANAPHASE,
+        half_length_um=(3.6, 5.6),
+        half_thickness_um=(1.0, 1.6),
+        intensity=(1.7, 2.5),
+        half_gap_um=(3.0, 5.2),
+        halo=(0.0, 0.35),
+    ),
+    TELOPHASE: _retune(
+        _TELOPHASE,
+        cluster_half_width_um=(2.8, 4.2),
+        cluster_half_depth_um=(1.5, 2.4),
+        intensity=(1.7, 2.5),
+        half_separation_um=(5.5, 8.5),
+        halo=(0.0, 0.3),
+    ),
+    PYKNOTIC: _retune(_PYKNOTIC, radius_um=(2.4, 3.8), body_eosin=(0.1, 0.5)),
+    LYMPHOCYTE: _retune(_LYMPHOCYTE, radius_um=(3.2, 4.4), clumping=(0.25, 0.5)),
+    OVERLAP: _retune(_OVERLAP, **{f"intensity_{i}": (1.6, 2.4) for i in (1, 2)}, pallor=(0.0, 0.1)),
+}
+DOMAIN_SPECS = {"default": SPECS, "shifted": SHIFTED_SPECS}
+HYPERCHROMATIC = {"default": 0.12, "shifted": 0.3}  # share of dark ordinary tumour nuclei
+
+
 def _cols(n: int, rng: np.random.Generator, spec: Spec) -> np.ndarray:
     """An (n, NPARAM) array whose column i is uniform in ``spec[i]``'s range."""
     out = np.zeros((n, NPARAM), np.float32)
@@ -457,12 +513,15 @@ def _cols(n: int, rng: np.random.Generator, spec: Spec) -> np.ndarray:
     return out
 
 
-def sample_params(kind: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Parameters for ``n`` objects of ``kind`` as an (n, NPARAM) float32 array."""
-    p = _cols(n, rng, SPECS[kind])
+def sample_params(
+    kind: int, n: int, rng: np.random.Generator, domain: str = "default"
+) -> np.ndarray:
+    """Parameters for ``n`` objects of ``kind`` as an (n, NPARAM) float32 array, with the
+    ranges of ``domain`` ("default" or "shifted")."""
+    p = _cols(n, rng, DOMAIN_SPECS[domain][kind])
     if kind == TUMOUR:
         p[:, 2] *= p[:, 1]  # b = ratio * a
-        hyper = rng.random(n) < 0.12  # some hyperchromatic nuclei, as dark as mitoses
+        hyper = rng.random(n) < HYPERCHROMATIC[domain]  # some as dark as mitoses
         p[hyper, 3] = rng.uniform(1.7, 2.3, int(hyper.sum()))
         p[:, 8] = np.maximum(p[:, 8], 0.0)  # size <= 0: no nucleolus
     elif kind == OVERLAP:

@@ -44,6 +44,13 @@ class Command(BaseCommand):
             default=None,
             help="look-alike density over the tumour area (default: twice the mitoses)",
         )
+        parser.add_argument(
+            "--domain",
+            choices=synth.DOMAINS,
+            default="default",
+            help="default: the slides the shipped models were trained on; shifted: another "
+            "stain, scanner and figure appearance (docs/synthetic.md)",
+        )
 
     def handle(self, *args, out, seed, size, mpp, mitoses_per_mm2, tumour_fraction, **options):
         self._check(out, mpp, mitoses_per_mm2, tumour_fraction)
@@ -62,10 +69,12 @@ class Command(BaseCommand):
                 tumour_fraction=tumour_fraction,
                 progress=progress,
                 hard_negatives_per_mm2=options["hard_negatives_per_mm2"],
+                domain=options["domain"],
             )
         levels = len(synth.level_shapes(*size))
         self.stdout.write(
-            f"Wrote {out} ({size[0]}×{size[1]} px, {mpp} µm/px, {levels} levels) and "
+            f"Wrote {out} ({size[0]}×{size[1]} px, {mpp} µm/px, {levels} levels, "
+            f"{options['domain']} domain) and "
             f"{out.with_suffix('.json')}: {len(gt['mitoses'])} mitoses, "
             f"{len(gt['hard_negatives'])} hard negatives, "
             f"{len(gt['tumour_regions'])} tumour regions"
