@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 
 from cases.history import AuditedAdmin
 
-from .models import Finding, InferenceRun, ModelVersion
+from .models import Finding, InferenceRun, ModelVersion, TrainingRun
 from .registry import ModelRejected, activate, register_model
 
 
@@ -151,3 +151,24 @@ class FindingAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(admin.ModelAdmin):
+    """Training from reviews, read-only: started, watched and cancelled on the Training
+    page (review.admin_views), its candidates promoted from Model versions."""
+
+    list_display = ["id", "status", "progress", "stage", "device", "created_by", "created_at"]
+    list_filter = ["status"]
+    readonly_fields = ["pretty_result"]
+    exclude = ["dataset", "result"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Result")
+    def pretty_result(self, obj):
+        return json.dumps(obj.result, indent=1)[:8000]

@@ -36,6 +36,7 @@ class RunSerializer(serializers.ModelSerializer):
     classifier = serializers.StringRelatedField()
     status_label = serializers.CharField(source="get_status_display", read_only=True)
     finished = serializers.BooleanField(source="is_finished", read_only=True)
+    domain_status_label = serializers.CharField(source="get_domain_status_display", read_only=True)
 
     class Meta:
         model = InferenceRun
@@ -44,6 +45,7 @@ class RunSerializer(serializers.ModelSerializer):
             "classifier",
             "model_hashes", "device", "parameters", "counts", "timings", "error", "created_at",
             "started_at", "finished_at",
+            "domain_status", "domain_status_label", "domain_distance", "domain_threshold",
         ]  # fmt: skip
         read_only_fields = fields
 

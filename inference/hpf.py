@@ -9,6 +9,7 @@ from django.conf import settings
 
 from cases.services import shared_slide
 
+from .domain import run_domain
 from .engine.hpf import LOWER_BARS, HpfResult, hotspot_cell, hpf_counts, window_rectangle
 from .engine.tissue import detect_tissue
 from .engine.vocabulary import MITOTIC_PHASES
@@ -120,6 +121,9 @@ def summary(hpf_map: HpfMap, tumour_type: str) -> dict:
     label, rule = grade(tumour_type, count if extrapolated is None else extrapolated, per_mm2)
     if label and extrapolated is not None and UNITS["per_10_hpf"] in rule:
         rule += f", on the count extrapolated from {counted_mm2:.2f} mm² to 10 HPF"
+    domain = run_domain(hpf_map.run)
+    if hpf_map.run.out_of_domain:  # a count the AI cannot vouch for proposes no grade
+        label, rule = None, f"No grade proposed: {domain['message']}"
     return {
         "run": hpf_map.run_id,
         "basis": hpf_map.basis,
@@ -140,6 +144,8 @@ def summary(hpf_map: HpfMap, tumour_type: str) -> dict:
         "findings_counted": hpf_map.findings_counted,
         "grade": label,
         "grade_rule": rule,
+        "unverified": hpf_map.run.out_of_domain,
+        "domain": domain,
     }
 
 

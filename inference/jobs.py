@@ -91,6 +91,7 @@ def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> 
         log.exception("inference run %s failed", run_id)
         _finish(run_id, InferenceRun.Status.FAILED, error=_describe(error))
         raise
+    _record_domain(run_id, result.stats.get("domain"))
     _store(run, result)
     return result.stats
 
@@ -107,6 +108,18 @@ def _infer(run: InferenceRun, device, progress: RunProgress):
         mpp_override=run.slide.mpp_override,
         score_threshold=run.parameters.get("score_threshold"),
         progress=progress,
+        domain=run.detector.domain or None,
+    )
+
+
+def _record_domain(run_id: int, domain: dict | None) -> None:
+    """Record how far the slide lies from the detector's training data (before the
+    findings, which are stored with the run's success)."""
+    domain = domain or {}
+    InferenceRun.objects.filter(pk=run_id, status=InferenceRun.Status.RUNNING).update(
+        domain_status=domain.get("status") or InferenceRun.Domain.UNKNOWN,
+        domain_distance=domain.get("distance"),
+        domain_threshold=domain.get("threshold"),
     )
 
 

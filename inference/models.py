@@ -27,6 +27,12 @@ class ModelVersion(models.Model):
     )
     metrics = models.JSONField(default=dict, blank=True)
     training_note = models.TextField(blank=True)
+    domain = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Description of the data it was trained on, for the out-of-domain guard "
+        "(empty: runs with it are 'unknown'); see inference/engine/domain.py",
+    )
     is_active = models.BooleanField(default=False)
     registered_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
@@ -60,6 +66,11 @@ class InferenceRun(models.Model):
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
+    class Domain(models.TextChoices):
+        IN_DOMAIN = "in_domain", "In domain"
+        OUT_OF_DOMAIN = "out_of_domain", "Out of domain"
+        UNKNOWN = "unknown", "Unknown"
+
     slide = models.ForeignKey("cases.Slide", on_delete=models.PROTECT, related_name="runs")
     detector = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
     classifier = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
@@ -73,6 +84,18 @@ class InferenceRun(models.Model):
     counts = models.JSONField(default=dict, blank=True)
     timings = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
+    domain_status = models.CharField(
+        max_length=16,
+        choices=Domain.choices,
+        default=Domain.UNKNOWN,
+        help_text="Whether the slide's tissue lies within the detector's training data",
+    )
+    domain_distance = models.FloatField(
+        null=True, blank=True, help_text="The slide's distance from the training data"
+    )
+    domain_threshold = models.FloatField(
+        null=True, blank=True, help_text="Beyond this distance the slide is out of domain"
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
     )
@@ -90,6 +113,10 @@ class InferenceRun(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def out_of_domain(self) -> bool:
+        return self.domain_status == self.Domain.OUT_OF_DOMAIN
 
 
 class Finding(models.Model):
@@ -234,3 +261,56 @@ class MilMap(models.Model):
 
     def __str__(self) -> str:
         return f"MIL map of run {self.run_id}"
+
+
+class TrainingRun(models.Model):
+    """Fine-tuning the active detector and phase classifier on a lab's reviewed cases (an
+    RQ job on the ``training`` queue): the dataset it was given, its progress, and the
+    candidate versions it registered (inactive) with both versions' held-out metrics."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    stage = models.CharField(max_length=60, blank=True)
+    job_id = models.CharField(max_length=64, blank=True)
+    device = models.CharField(max_length=32, blank=True)
+    dataset = models.JSONField(help_text="Slides with labelled points, split by case")
+    parameters = models.JSONField(default=dict, blank=True, help_text="Training settings")
+    result = models.JSONField(default=dict, blank=True, help_text="Candidates and metrics")
+    error = models.TextField(blank=True)
+    base_detector = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="+", null=True, blank=True
+    )
+    base_classifier = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="+", null=True, blank=True
+    )
+    candidate_detector = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, related_name="+", null=True, blank=True
+    )
+    candidate_classifier = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, related_name="+", null=True, blank=True
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Training run {self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED

@@ -105,12 +105,16 @@ def register_model(
     training_note: str = "",
     registered_by=None,
     activate: bool = False,
+    domain: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Check a model file, copy it into the model store and record it (or raise
-    ModelRejected having stored nothing). ``activate`` makes it the task's active version."""
+    ModelRejected having stored nothing). ``activate`` makes it the task's active version;
+    ``domain`` is a detector's description of its training data (without one, its runs'
+    domain status is ``unknown``)."""
     if ModelVersion.objects.filter(name=name, version=version).exists():
         raise ModelRejected(f"{name} {version} is already registered")
     resolved = check_model(source, task, fmt, spec)
+    domain = _checked_domain(domain, task)
     store = Path(settings.MODEL_STORE)
     sha256 = file_sha256(source)
     target = store / f"{sha256[:16]}-{Path(source).name}"
@@ -137,6 +141,7 @@ def register_model(
                 training_note=training_note,
                 registered_by=registered_by,
                 is_active=activate,
+                domain=domain,
             )
             record_audit(
                 "model_registered",
@@ -156,6 +161,40 @@ def register_model(
         if copied is not None:
             copied.unlink(missing_ok=True)
         raise
+
+
+def _add_shipped_description(version: ModelVersion, card: dict) -> None:
+    """A shipped detector registered before its card described its training data gets the
+    card's description (same weights only), audited as a change of the version."""
+    if version.domain or not card.get("domain") or version.sha256 != card["sha256"]:
+        return
+    with transaction.atomic():
+        version.domain = _checked_domain(card["domain"], version.task)
+        version.save(update_fields=["domain"])
+        record_audit(
+            "modelversion_changed",
+            obj=version,
+            details={
+                "changes": {"domain": ["", f"described ({card['domain'].get('method', '')})"]},
+                "name": str(version),
+                "why": "the shipped card describes the version's training data",
+            },
+        )
+
+
+def _checked_domain(domain: dict[str, Any] | None, task: str) -> dict[str, Any]:
+    """The domain description to store, refused when it cannot be used."""
+    if not domain:
+        return {}
+    if task != ModelVersion.Task.DETECTOR:
+        raise ModelRejected("only a detector carries a domain description")
+    from .engine.domain import DomainDescription
+
+    try:
+        DomainDescription.from_dict(domain)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelRejected(f"the domain description cannot be read: {error}") from None
+    return domain
 
 
 def activate(version: ModelVersion, actor=None) -> ModelVersion | None:
@@ -221,7 +260,9 @@ def register_shipped_models() -> list[ModelVersion]:
     when its task has no active version. Returns the versions it registered."""
     added = []
     for card in shipped_cards():
-        if ModelVersion.objects.filter(name=card["name"], version=card["version"]).exists():
+        existing = ModelVersion.objects.filter(name=card["name"], version=card["version"]).first()
+        if existing is not None:
+            _add_shipped_description(existing, card)
             continue
         note = json.dumps(card["training"], indent=1)
         added.append(
@@ -234,6 +275,7 @@ def register_shipped_models() -> list[ModelVersion]:
                 spec=card["spec"],
                 metrics=card["metrics"],
                 training_note=note,
+                domain=card.get("domain"),
                 activate=not ModelVersion.objects.filter(
                     task=card["task"], is_active=True
                 ).exists(),

@@ -123,6 +123,7 @@ RQ_QUEUES = {
         ("explain", 600),
         ("default", 600),
         ("tiles", 6 * 3600),
+        ("training", 12 * 3600),
     )
 }
 

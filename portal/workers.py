@@ -35,6 +35,7 @@ def maintenance_seconds() -> int:
 PRELOAD = {
     "inference": ("inference.engine.pipeline", "inference.engine.mil"),
     "explain": ("inference.engine.attribution", "inference.engine.model_io"),
+    "training": ("inference.tools.finetune",),
 }
 
 

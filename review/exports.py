@@ -19,6 +19,7 @@ COLUMNS = [
     "x_px", "y_px", "x_um", "y_um", "ai_score", "ai_phase", "detector", "detector_version",
     "detector_sha256", "classifier", "classifier_version", "classifier_sha256", "run_id",
     "verdict", "corrected_phase", "reason", "comment", "reviewer", "blinded", "carried_from",
+    "ai_domain_status",
 ]  # fmt: skip
 RISKY_STARTS = ("=", "+", "-", "@", "\t", "\r")
 HIDDEN_PHASE = "Blinded"  # a blinded reader's undecided finding: the AI's call stays hidden
@@ -109,6 +110,7 @@ def _row(d: Decision) -> list:
         d.reviewer.get_username(),
         "yes" if d.blinded else "no",
         d.carried_from_id or "",
+        run.domain_status if run else "",  # out_of_domain: the AI's call is unverified
     ]
 
 

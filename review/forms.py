@@ -95,3 +95,28 @@ class ExportFilterForm(forms.Form):
             pathologist=data["pathologist"].username if data["pathologist"] else "",
             model_version=data["model_version"].pk if data["model_version"] else None,
         )
+
+
+class TrainingForm(forms.Form):
+    """Start training from reviews: which signed-out cases (all when empty), how many held out."""
+
+    cases = forms.CharField(
+        required=False,
+        max_length=5000,
+        label="Cases",
+        help_text="Accessions separated by spaces or commas; empty: every signed-out case.",
+    )
+    holdout_fraction = forms.FloatField(
+        initial=0.3,
+        min_value=0.05,
+        max_value=0.95,
+        label="Held-out share of cases",
+        help_text="Cases kept out of training to evaluate both versions on.",
+    )
+    quick = forms.BooleanField(
+        required=False, label="Quick check", help_text="A few steps only: checks the loop."
+    )
+
+    def clean_cases(self) -> list[str]:
+        text = self.cleaned_data["cases"].replace(",", " ")
+        return list(dict.fromkeys(text.split()))

@@ -22,4 +22,9 @@ urlpatterns = [
     ),
     path("audit/export/", admin_views.audit_export, name="audit_export"),
     path("agreement/", admin_views.agreement, name="agreement"),
+    path("training/", admin_views.training, name="training"),
+    path("training/<int:run_id>/cancel/", admin_views.training_cancel, name="training_cancel"),
+    path(
+        "training/<int:run_id>/activate/", admin_views.training_activate, name="training_activate"
+    ),
 ]

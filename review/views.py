@@ -17,6 +17,7 @@ from cases.registration import SlideRejected, register_slide
 from cases.services import visible_case, visible_slide
 from inference import services as inference_services
 from inference.blinding import HIDDEN_TOTALS, hides_totals
+from inference.domain import run_domain
 from inference.models import Finding
 
 from . import services as review
@@ -95,9 +96,11 @@ def case_page(request, case: Case, status: int = 200):
     for slide in slides:
         slide.run_history = runs.get(slide.pk, [])
         slide.hpf = _hpf_summary(slide, request.user)
+        slide.domain = _slide_domain(slide)
     context = {
         "case": case,
         "slides": slides,
+        "out_of_domain": [s for s in slides if s.domain and s.domain["status"] == "out_of_domain"],
         "sign_out": _sign_out_defaults(case, slides),
         "may_review": review.may_review(request.user, case),
         "assigned": case.pathologists.all(),
@@ -109,17 +112,26 @@ def case_page(request, case: Case, status: int = 200):
 
 def _sign_out_defaults(case: Case, slides) -> dict:
     """Prefill the sign-out form from the highest reviewed count among the case's slides
-    (the AI count where nothing has been reviewed)."""
-    best = None
+    (the AI count where nothing has been reviewed), never from a slide the AI was out of
+    its domain on (those are listed as ``unverified``)."""
+    best, unverified = None, []
     for slide in slides:
         try:
             counts = inference_services.reviewed_hpf(slide, review.reviewed_findings(slide))
         except inference_services.MissingScale:
             continue
         slide.reviewed = counts
-        if counts and (best is None or counts["count_per_10_hpf"] > best["count_per_10_hpf"]):
+        if counts and counts["unverified"]:
+            unverified.append(slide.original_name)
+        elif counts and (best is None or counts["count_per_10_hpf"] > best["count_per_10_hpf"]):
             best = counts
-    return best or {}
+    return {**(best or {}), "unverified": unverified}
+
+
+def _slide_domain(slide) -> dict | None:
+    """The domain status of the slide's latest successful run (None before one)."""
+    run = inference_services.latest_run(slide)
+    return run_domain(run) if run else None
 
 
 def _hpf_summary(slide, user) -> dict | None:
@@ -205,5 +217,10 @@ def reopen(request, case_id: int):
 def viewer(request, slide_id: int):
     slide = visible_slide(request, slide_id)
     audit.record("slide_view", actor=request.user, obj=slide, case=slide.case, request=request)
-    context = {"slide": slide, "case": slide.case, "vocabulary": vocabulary.for_pages()}
+    context = {
+        "slide": slide,
+        "case": slide.case,
+        "vocabulary": vocabulary.for_pages(),
+        "domain": _slide_domain(slide),
+    }
     return render(request, "review/viewer.html", context)

@@ -26,7 +26,7 @@ from django.core.management import find_commands
 from django.urls import URLPattern, get_resolver
 
 HEAVY = ("torch", "torchvision", "captum")
-DEV_COMMANDS = {"check_explanations", "evaluate_models", "train_models"}  # tools, not web
+DEV_COMMANDS = {"check_explanations", "describe_domain", "evaluate_models", "train_models"}  # tools
 
 
 def loaded():

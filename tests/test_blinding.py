@@ -138,7 +138,8 @@ def test_what_a_blinded_reader_is_told(client_for, pathologist, blinded_slide):
     page = client.get(f"/cases/{slide.case_id}/").content.decode()
     assert "AI findings counted" not in page and "stay hidden" in page
     progress = client.get(f"/slides/{slide.pk}/review.json").json()["progress"]
-    assert progress == {"decided": 0, "total": 5, "carried": 0, "kept": 0}  # every AI finding, not the AI's count
+    # every AI finding, not the AI's count
+    assert progress == {"decided": 0, "total": 5, "carried": 0, "kept": 0}
 
 
 @pytest.mark.django_db

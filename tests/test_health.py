@@ -49,7 +49,7 @@ def test_live_workers_on_every_queue_are_healthy_until_one_stops(client, own_red
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for queues in (["inference"], ["explain", "default", "tiles"])
+        for queues in (["inference"], ["explain", "default", "tiles", "training"])
     ]
     try:
         body = wait_for_health(client, 200)

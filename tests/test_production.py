@@ -109,7 +109,16 @@ def production_stack(static_root, certificate, rq_queues):
     with open(log, "w") as output:
         web = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
         worker = subprocess.Popen(
-            [sys.executable, "manage.py", "rqworker", "inference", "explain", "default", "tiles"],
+            [
+                sys.executable,
+                "manage.py",
+                "rqworker",
+                "inference",
+                "explain",
+                "default",
+                "tiles",
+                "training",
+            ],
             cwd=ROOT,
             env=env,
             stdout=output,

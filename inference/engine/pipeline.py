@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
@@ -15,6 +15,8 @@ import torch
 from slides import Scale, open_slide, slide_mpp
 
 from .detect import Detections, merge_detections
+from .domain import DEFAULT_LAYER, DomainDescription, measure, tissue_patches
+from .domain_probe import DomainProbe
 from .model_io import Detector, PhaseClassifier
 from .patches import PatchDataset, make_loader, model_input, patch_grid
 from .tissue import TissueMask, detect_tissue
@@ -28,6 +30,7 @@ class SlideResult:
 
     findings: list[dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
+    domain_features: np.ndarray | None = None
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -114,6 +117,8 @@ def run_slide(
     min_tissue: float = 0.02,
     merge_distance_um: float = 4.0,
     amp: bool = True,
+    domain: Mapping[str, Any] | None = None,
+    keep_domain_features: bool = False,
 ) -> SlideResult:
     """Detect and phase-classify mitotic figures on one slide.
 
@@ -132,6 +137,12 @@ def run_slide(
     classifier. ``stats`` holds patch counts, the device and ``seconds`` per section:
     ``tissue``, ``detect_read_wait`` (waiting for patches), ``detect_compute``, ``merge``,
     ``classify`` (with its ``classify_read_wait``) and ``total``.
+
+    ``domain`` is the detector version's description of its training data
+    (:mod:`.domain`): ``stats["domain"]`` then says whether the slide's tissue patches lie
+    within it (measured on the detector's own forward pass); without one it is
+    ``unknown``. ``keep_domain_features`` returns the patches' features in
+    ``domain_features`` (for describing a domain).
     """
     device = pick_device(device)
     run = _Run(device, batch_size, num_workers, amp, progress or _no_progress, _Timer(device))
@@ -155,9 +166,20 @@ def run_slide(
     )
     if score_threshold is None:
         score_threshold = detector.spec.score_threshold
-    raw = _detect(
-        PatchDataset.from_grid(slide_path, grid), detector.to(device), run, score_threshold
-    )
+    description = DomainDescription.from_dict(domain) if domain else None
+    probe = _probe(detector, description, keep_domain_features)
+    try:
+        raw, seen = _detect(
+            PatchDataset.from_grid(slide_path, grid), detector.to(device), run, score_threshold
+        )
+    finally:
+        if probe is not None:
+            probe.close()
+    features = None
+    if probe is not None:
+        patch_l0 = (detector.spec.patch_px * scale.x, detector.spec.patch_px * scale.y)
+        min_share = description.min_patch_tissue if description else 0.5
+        features = probe.features()[tissue_patches(seen, patch_l0, tissue, min_share)]
     with run.timer.section("merge"):
         merged = merge_detections(raw, min_distance=merge_distance_um / min(mpp)).to("cpu")
     findings = merged.select(torch.isin(merged.labels, torch.tensor(detector.spec.finding_labels)))
@@ -177,9 +199,34 @@ def run_slide(
         "detections_raw": len(raw),
         "findings": len(findings),
         **dropped,
+        "domain": _domain_record(description, probe, features),
         "seconds": run.timer.seconds,
     }
-    return SlideResult(_finding_dicts(findings, probs, detector, classifier), stats)
+    return SlideResult(
+        _finding_dicts(findings, probs, detector, classifier),
+        stats,
+        features if keep_domain_features else None,
+    )
+
+
+def _probe(
+    detector: Detector, description: DomainDescription | None, keep: bool
+) -> DomainProbe | None:
+    """Hooks that collect domain features, when a description or the caller needs them
+    and the detector's network allows hooks."""
+    layer = description.layer if description else DEFAULT_LAYER
+    network = getattr(detector, "module", None)
+    if (description is None and not keep) or not DomainProbe.supports(network, layer):
+        return None
+    return DomainProbe(network, layer)
+
+
+def _domain_record(
+    description: DomainDescription | None, probe: DomainProbe | None, features
+) -> dict[str, Any]:
+    if description is not None and probe is None:
+        return measure(None, np.zeros((0, 0)), "the detector's network cannot be probed")
+    return measure(description, features if features is not None else np.zeros((0, 0)))
 
 
 def _where_they_can_be(
@@ -206,19 +253,22 @@ def _where_they_can_be(
 
 def _detect(
     dataset: PatchDataset, detector: Detector, run: _Run, score_threshold: float
-) -> Detections:
-    """Run the detector over all patches; detections in level-0 px, on the run's device."""
+) -> tuple[Detections, np.ndarray]:
+    """Run the detector over all patches; detections in level-0 px, on the run's device,
+    and the patches' origins in the order the detector saw them."""
     parts: list[Detections] = [Detections.empty(run.device)]
+    seen: list[np.ndarray] = [np.zeros((0, 2), np.int64)]
     scale = (dataset.scale.x, dataset.scale.y)
     with torch.inference_mode():
         for images, origins in run.batches(dataset, "detect"):
+            seen.append(origins.numpy())
             with run.timer.section("detect_compute"), run.autocast():
                 per_patch = detector(images, score_threshold)
                 parts.extend(
                     d.shifted(tuple(origin.tolist()), scale)
                     for d, origin in zip(per_patch, origins, strict=True)
                 )
-    return Detections.cat(parts)
+    return Detections.cat(parts), np.concatenate(seen)
 
 
 def _classify(

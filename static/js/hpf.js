@@ -21,11 +21,13 @@
     box.title = `Hotspot: ${data.count_per_10_hpf} mitoses over ${data.counted_area_mm2} mm²`;
     viewer.addOverlay({ element: box, location: hotspotRect });
     const grade = data.grade ? ` · ${data.grade}` : "";
+    // an out-of-domain run's count is the AI's guess on tissue it does not know
+    const unverified = data.unverified ? ' · <span class="warn">unverified</span>' : "";
     const count = data.count_per_10_hpf_extrapolated === null
       ? `<strong>${data.count_per_10_hpf}</strong> per 10 HPF`
       : `<strong>${data.count_per_10_hpf}</strong> in ${data.counted_area_mm2} mm² (partial; ` +
         `${data.count_per_10_hpf_extrapolated} per 10 HPF extrapolated)`;
-    $("hpf-count").innerHTML = count + grade;
+    $("hpf-count").innerHTML = count + grade + unverified;
     $("hpf-count").title = `${data.count_per_mm2} per mm² over ${data.counted_area_mm2} mm². ` +
       `${data.hotspot_rule} ${data.grade_rule}`;
     $("hpf-controls").hidden = false;

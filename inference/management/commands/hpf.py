@@ -44,4 +44,6 @@ class Command(BaseCommand):
             + (" (partial)" if summary["partial"] else "")
             + f"\n  rule: {summary['hotspot_rule']}"
             + f"\n  grade: {summary['grade'] or '–'} ({summary['grade_rule']})"
+            + f"\n  domain: {summary['domain']['status']}"
+            + (" (count unverified)" if summary["unverified"] else "")
         )

@@ -1,4 +1,4 @@
-"""Run the demo stack in the foreground: Redis (embedded unless REDIS_URL), two workers
+"""Run the demo stack in the foreground: Redis (embedded unless REDIS_URL), three workers
 (restarted when they die), the web."""
 
 import signal
@@ -12,10 +12,12 @@ from django.core.management.base import BaseCommand
 from portal import embedded_redis
 
 # One worker for whole-slide runs, one for explanations (and tile pre-rendering, after
-# them), so a pathologist's maps never wait behind a slide's AI run.
+# them), so a pathologist's maps never wait behind a slide's AI run, and one for training
+# from reviews, which may take many minutes.
 WORKERS = {
     "AI runs": ["inference", "--with-scheduler"],
     "explanations and tiles": ["explain", "default", "tiles"],
+    "training": ["training"],
 }
 RESTART_PAUSE_SECONDS = 5  # a worker that dies at once (e.g. no Redis) is not restarted in a loop
 
@@ -28,7 +30,7 @@ DEMO_LOGINS = [
 
 class Command(BaseCommand):
     help = (
-        "Start Redis, two RQ workers (restarted if they die) and the web server; Ctrl-C stops "
+        "Start Redis, three RQ workers (restarted if they die) and the web server; Ctrl-C stops "
         "all of them."
     )
 
