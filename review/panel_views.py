@@ -28,9 +28,9 @@ def _refusal(message: str, status: int = 400) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
-def _reviewed_count(slide) -> dict | None:
+def _reviewed_count(slide, reader) -> dict | None:
     try:
-        return ai.reviewed_hpf(slide, review.reviewed_findings(slide))
+        return ai.reviewed_hpf(slide, review.reviewed_findings(slide, reader))
     except ai.MissingScale as error:
         return {"error": str(error)}
 
@@ -51,7 +51,7 @@ def review_state(request, slide_id: int):
             "blinded": blinded_for(request.user, case),
             "progress": review.review_progress(slide, request.user),
             "decisions": {d["finding"]: d for d in DecisionSerializer(mine, many=True).data},
-            "reviewed": _reviewed_count(slide),
+            "reviewed": _reviewed_count(slide, request.user),
         }
     )
 
@@ -71,7 +71,7 @@ def decide(request, finding_id: int):
         {
             "decision": DecisionSerializer(decision).data,
             "progress": review.review_progress(finding.slide, request.user),
-            "reviewed": _reviewed_count(finding.slide),
+            "reviewed": _reviewed_count(finding.slide, request.user),
         }
     )
 
@@ -101,7 +101,7 @@ def add_finding(request, slide_id: int):
         {
             "finding": {"id": finding.pk, "x": finding.x, "y": finding.y, "phase": finding.phase},
             "progress": review.review_progress(slide, request.user),
-            "reviewed": _reviewed_count(slide),
+            "reviewed": _reviewed_count(slide, request.user),
         },
         status=201,
     )

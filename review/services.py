@@ -14,6 +14,7 @@ from cases import audit
 from cases.models import Case, CaseAssignment, Slide
 from cases.services import change_status
 from inference import services as ai
+from inference.blinding import blinded_for
 from inference.engine.vocabulary import MITOTIC_PHASES
 from inference.models import Finding
 
@@ -159,11 +160,13 @@ def add_finding(slide: Slide, user, x: float, y: float, phase: str, request=None
     return finding
 
 
-def reviewed_findings(slide: Slide) -> QuerySet:
-    """Findings the reviewed count includes: AI findings of the latest run whose latest
-    decision (by anyone) is agree, plus pathologist-added ones nobody disagreed with."""
+def reviewed_findings(slide: Slide, reader=None) -> QuerySet:
+    """Findings the reviewed count includes: shown AI findings whose latest decision is
+    agree, plus pathologist-added ones nobody disagreed with. On a blinded case a reader's
+    count is built from their own decisions only (``reader``; readers read independently)."""
     run, findings = ai.slide_findings(slide)
-    latest = current_decisions(findings).order_by("finding", "-id")
+    own = reader if reader is not None and blinded_for(reader, slide.case) else None
+    latest = current_decisions(findings, own).order_by("finding", "-id")
     verdicts: dict[int, str] = {}
     for finding_id, verdict in latest.values_list("finding", "verdict"):
         verdicts.setdefault(finding_id, verdict)

@@ -101,7 +101,7 @@ def case_page(request, case: Case, status: int = 200):
         "case": case,
         "slides": slides,
         "out_of_domain": [s for s in slides if s.domain and s.domain["status"] == "out_of_domain"],
-        "sign_out": _sign_out_defaults(case, slides),
+        "sign_out": _sign_out_defaults(case, slides, request.user),
         "may_review": review.may_review(request.user, case),
         "assigned": case.pathologists.all(),
         "is_admin": is_lab_admin(request.user),
@@ -110,14 +110,14 @@ def case_page(request, case: Case, status: int = 200):
     return render(request, "review/case_detail.html", context, status=status)
 
 
-def _sign_out_defaults(case: Case, slides) -> dict:
+def _sign_out_defaults(case: Case, slides, reader) -> dict:
     """Prefill the sign-out form from the highest reviewed count among the case's slides
-    (the AI count where nothing has been reviewed), never from a slide the AI was out of
-    its domain on (those are listed as ``unverified``)."""
+    (a blinded reader's own; the AI count where nothing has been reviewed), never from a
+    slide the AI was out of its domain on (those are listed as ``unverified``)."""
     best, unverified = None, []
     for slide in slides:
         try:
-            counts = inference_services.reviewed_hpf(slide, review.reviewed_findings(slide))
+            counts = inference_services.reviewed_hpf(slide, review.reviewed_findings(slide, reader))
         except inference_services.MissingScale:
             continue
         slide.reviewed = counts

@@ -221,3 +221,19 @@ def test_no_ai_run_on_a_signed_out_case(client_for, lab_admin, pathologist, revi
         call_command("run_inference", slide=reviewed_slide.pk, sync=True)
     assert (InferenceRun.objects.count(), AuditEvent.objects.count()) == (runs, events)
     assert Case.objects.get(pk=case.pk).status == Case.Status.SIGNED_OUT
+
+
+@pytest.mark.django_db
+def test_a_blinded_readers_reviewed_count_is_their_own(
+    client_for, blinded_slide, pathologist, other_pathologist
+):
+    """Readers of a blinded case read independently: one reader's agreements never show
+    in the other's reviewed count."""
+    from review import services as review
+
+    for finding in _by_position(blinded_slide)[:3]:
+        review.decide(finding, pathologist, "agree")
+    url = f"/slides/{blinded_slide.pk}/review.json"
+    mine = client_for(pathologist).get(url).json()["reviewed"]
+    theirs = client_for(other_pathologist).get(url).json()["reviewed"]
+    assert mine["count_per_10_hpf"] > 0 and theirs["count_per_10_hpf"] == 0
