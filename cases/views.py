@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET
 
-from slides import ReadTooLarge, thumbnail
+from slides import ReadTooLarge, associated_image, thumbnail
 
 from . import deepzoom, tiles
 from .forms import ThumbnailForm, error_sentences
@@ -130,10 +130,10 @@ def slide_thumbnail(request, slide_id: int):
 @slide_file_errors
 def slide_associated_image(request, slide_id: int, name: str):
     slide = _tile_slide(request, slide_id)
-    images = deepzoom.handles.get(slide.path).slide.associated_images
-    if name not in images:
+    opened = deepzoom.handles.get(slide.path).slide
+    if name not in opened.associated_images:
         raise Http404(f"This slide has no {name} image")
     etag = f'"{slide.sha256[:24]}-{name}"'
     return _cached_image_response(
-        request, etag, lambda: deepzoom.encode_jpeg(images[name].convert("RGB"))
+        request, etag, lambda: deepzoom.encode_jpeg(associated_image(opened, name))
     )

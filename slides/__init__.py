@@ -9,7 +9,7 @@
 """
 
 from .cache import SlideHandles
-from .io import Scale, open_slide, read_region, thumbnail
+from .io import Scale, associated_image, open_slide, read_region, thumbnail
 from .mpp import MissingMppError, slide_mpp
 from .tiled_tiff import ReadTooLarge, TiledTiffSlide
 from .validate import SlideInfo, SlideRejected, inspect_slide
@@ -22,6 +22,7 @@ __all__ = [
     "SlideInfo",
     "SlideRejected",
     "TiledTiffSlide",
+    "associated_image",
     "inspect_slide",
     "open_slide",
     "read_region",

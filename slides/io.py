@@ -102,6 +102,18 @@ def _flatten_alpha(rgba: Image.Image) -> Image.Image:
     return rgb
 
 
+def associated_image(slide: openslide.OpenSlide, name: str) -> Image.Image:
+    """The slide's ``name`` image (label, macro, thumbnail) as RGB. Raises KeyError when the
+    slide has none, ReadTooLarge when its declared size is past one read's bound (OpenSlide
+    decodes an associated image whole: a forged label could otherwise take gigabytes)."""
+    if name not in slide.associated_images:
+        raise KeyError(name)
+    prefix = f"openslide.associated.{name}"
+    size = (int(slide.properties[f"{prefix}.width"]), int(slide.properties[f"{prefix}.height"]))
+    check_read(size)
+    return slide.associated_images[name].convert("RGB")
+
+
 def thumbnail(slide: openslide.OpenSlide, max_size: int) -> Image.Image:
     """An RGB thumbnail whose longer side is at most ``max_size`` pixels: OpenSlide's
     ``get_thumbnail``, but a level larger than a chunk is read in chunks

@@ -81,6 +81,56 @@ def forged(import_dir) -> Path:
     return path
 
 
+def write_svs_with_label(path: Path, label_size: tuple[int, int]) -> None:
+    """A small Aperio SVS (one tiled 1024 px level, a thumbnail) whose label image declares
+    ``label_size`` (width, height) px: blank and LZW-compressed, so a label far too large to
+    decode costs a few hundred KB on disk. NewSubfileType 1 marks it as the label."""
+    aperio = "Aperio Image Library v10.0.50"
+    level = f"{aperio}\r\n1024x1024 [0,0 1024x1024] (256x256) JPEG/RGB Q=70|AppMag = 40|MPP = 0.25"
+    width, height = label_size
+    with tifffile.TiffWriter(path) as tif:
+        rgb = {"photometric": "rgb", "metadata": None}
+        tif.write(
+            np.full((1024, 1024, 3), 220, np.uint8),
+            tile=(256, 256),
+            compression="jpeg",
+            description=level,
+            **rgb,
+        )
+        tif.write(
+            np.full((256, 256, 3), 220, np.uint8),
+            compression="jpeg",
+            description=f"{aperio}\r\n1024x1024 -> 256x256 - |MPP = 0.25",
+            **rgb,
+        )
+        tif.write(
+            np.full((height, width, 3), 255, np.uint8),
+            compression="lzw",
+            rowsperstrip=64,
+            subfiletype=1,
+            description=f"{aperio}\nlabel {width}x{height}",
+            **rgb,
+        )
+
+
+@pytest.mark.django_db
+def test_a_label_image_too_large_to_decode_answers_503_not_memory(
+    import_dir, case, client_for, pathologist
+):
+    """OpenSlide decodes an associated image whole: a label declaring 48 Mpx is refused
+    before it is read, with the reason; an ordinary label is served."""
+    for name, size in (("big-label.svs", (8000, 6000)), ("label.svs", (400, 300))):
+        write_svs_with_label(import_dir / name, size)
+    big = register_slide(import_dir / "big-label.svs", case, "big-label.svs")
+    small = register_slide(import_dir / "label.svs", case, "label.svs")
+    client = client_for(pathologist)
+    refused = client.get(f"/slides/{big.pk}/associated/label.jpeg")
+    assert refused.status_code == 503
+    assert b"8000\xc3\x976000 px" in refused.content and b"Mpx" in refused.content
+    served = client.get(f"/slides/{small.pk}/associated/label.jpeg")
+    assert served.status_code == 200 and served["Content-Type"] == "image/jpeg"
+
+
 @pytest.fixture
 def tile_dir(settings, tmp_path):
     settings.TILE_CACHE_DIR = tmp_path / "tiles"
