@@ -1,5 +1,9 @@
 """What other apps may use of the clinical record: who may see which case and slide."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import openslide
 from django.db import transaction
 from django.shortcuts import get_object_or_404
 
@@ -40,10 +44,18 @@ def change_status(case_id: int, new: str, allowed: set[str], why: str) -> bool:
     return True
 
 
-def shared_slide(slide: Slide):
-    """The slide's shared open handle (from the tile server's bounded LRU): never close it.
-    A fresh reader of one's own is slides.open_slide(slide.path)."""
-    return deepzoom.handles.get(slide.path).slide
+@contextmanager
+def shared_slide(slide: Slide) -> Iterator[openslide.OpenSlide]:
+    """The slide's shared open handle (from the tile server's bounded LRU), to read within
+    the ``with`` block and never close. A read that fails drops the handle: OpenSlide fails
+    every later read of a handle once one has failed. A fresh reader of one's own is
+    slides.open_slide(slide.path)."""
+    opened = deepzoom.handles.get(slide.path)
+    try:
+        yield opened.slide
+    except openslide.OpenSlideError:
+        deepzoom.handles.forget(slide.path, opened)
+        raise
 
 
 def visible_cases(user):

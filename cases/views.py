@@ -17,6 +17,7 @@ from slides import ReadTooLarge, associated_image, thumbnail
 from . import deepzoom, tiles
 from .forms import ThumbnailForm, error_sentences
 from .models import Slide
+from .services import shared_slide
 
 TILE_CACHE_SECONDS = 7 * 24 * 3600
 
@@ -121,7 +122,8 @@ def slide_thumbnail(request, slide_id: int):
     etag = f'"{slide.sha256[:24]}-thumb-{size}"'
 
     def render_thumbnail():
-        return deepzoom.encode_jpeg(thumbnail(deepzoom.handles.get(slide.path).slide, size))
+        with shared_slide(slide) as opened:
+            return deepzoom.encode_jpeg(thumbnail(opened, size))
 
     return _cached_image_response(request, etag, render_thumbnail)
 
@@ -130,10 +132,12 @@ def slide_thumbnail(request, slide_id: int):
 @slide_file_errors
 def slide_associated_image(request, slide_id: int, name: str):
     slide = _tile_slide(request, slide_id)
-    opened = deepzoom.handles.get(slide.path).slide
-    if name not in opened.associated_images:
+    if name not in deepzoom.handles.get(slide.path).slide.associated_images:
         raise Http404(f"This slide has no {name} image")
     etag = f'"{slide.sha256[:24]}-{name}"'
-    return _cached_image_response(
-        request, etag, lambda: deepzoom.encode_jpeg(associated_image(opened, name))
-    )
+
+    def render_image():
+        with shared_slide(slide) as opened:
+            return deepzoom.encode_jpeg(associated_image(opened, name))
+
+    return _cached_image_response(request, etag, render_image)

@@ -91,7 +91,8 @@ def read_crop(finding: Finding, version: ModelVersion) -> np.ndarray:
     x, y, size, mpp = crop_geometry(finding, version)
     slide = finding.slide
     scale = Scale.between((slide.mpp, slide.mpp), mpp)
-    return np.asarray(read_region(shared_slide(slide), (x, y), (size, size), scale))
+    with shared_slide(slide) as opened:
+        return np.asarray(read_region(opened, (x, y), (size, size), scale))
 
 
 def cached(finding: Finding, version: ModelVersion, target: str):

@@ -60,11 +60,13 @@ def compute_ai_map(run: InferenceRun) -> HpfMap:
     if not slide.mpp:
         raise MissingScale(f"{slide.original_name} has no µm/px; an admin must set it")
     points = _points(counted_ai_findings(run))
+    with shared_slide(slide) as opened:
+        tissue = detect_tissue(opened)
     result = hpf_counts(
         points,
         (slide.width, slide.height),
         slide.mpp,
-        tissue=detect_tissue(shared_slide(slide)),
+        tissue=tissue,
         hpf_area_mm2=settings.HPF_AREA_MM2,
         min_tissue=settings.HPF_MIN_TISSUE,
     )

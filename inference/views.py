@@ -181,7 +181,8 @@ def finding_crop(request, finding_id: int):
     if not form.is_valid():
         return form_refusal(form)
     size, mpp = form.size_and_scale()
-    image = finding_crop_image(shared_slide(slide), slide.mpp, finding.x, finding.y, size, mpp)
+    with shared_slide(slide) as opened:
+        image = finding_crop_image(opened, slide.mpp, finding.x, finding.y, size, mpp)
     buffer = BytesIO()
     image.save(buffer, "jpeg", quality=90)
     response = HttpResponse(buffer.getvalue(), content_type="image/jpeg")

@@ -532,3 +532,36 @@ def test_a_crop_of_an_unreadable_slide_answers_503_without_paths(
         saved.replace(path)
     assert response.status_code == 503
     assert str(settings.SLIDE_STORE) not in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_crop_on_damaged_data_does_not_poison_the_shared_handle(
+    client_for, pathologist, case, damaged, model_versions
+):
+    """OpenSlide refuses every read of a handle after one failed: the crop that failed
+    drops the shared handle, so the next crop (on good data) is served."""
+    from inference.models import Finding, InferenceRun
+
+    path, failures = damaged
+    slide = register_slide(path, case, "damaged.tiff")
+    deepest = max(level for level, _, _ in failures)
+    _, col, row = next(f for f in failures if f[0] == deepest)
+    run = InferenceRun.objects.create(
+        slide=slide, detector=model_versions[0], classifier=model_versions[1], status="succeeded"
+    )
+
+    def finding_at(x: float, y: float) -> Finding:
+        return Finding.objects.create(
+            slide=slide, run=run, x=x, y=y, box_x0=x - 9, box_y0=y - 9, box_x1=x + 9,
+            box_y1=y + 9, score=0.9, phase="metaphase",
+        )  # fmt: skip
+
+    bad = finding_at(col * 254 + 127, row * 254 + 127)  # the deepest level is level 0
+    good = finding_at(40.0, 40.0)
+    client = client_for(pathologist)
+    handle = deepzoom.handles.get(slide.path)
+    failed = client.get(f"/findings/{bad.pk}/crop.jpeg?px=64")
+    assert failed.status_code == 503 and b"cannot be read" in failed.content
+    assert deepzoom.handles.get(slide.path) is not handle  # reopened, not poisoned
+    served = client.get(f"/findings/{good.pk}/crop.jpeg?px=64")
+    assert served.status_code == 200 and served["Content-Type"] == "image/jpeg"
