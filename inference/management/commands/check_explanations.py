@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
 from inference.engine.attribution import METHODS, CropClassifier, explain_crop, randomisation_check
-from inference.registry import CLASSIFIER_NAME, SHIPPED_VERSION, load_version
+from inference.registry import load_version
 from inference.services import active_models
 from inference.tools.synth import PHASES, render_figure_crop
 
@@ -51,8 +51,10 @@ class Command(BaseCommand):
             "randomisation": sanity,
         }
         self.stdout.write(json.dumps(result, indent=1))
-        card = Path(settings.SHIPPED_MODELS) / f"{CLASSIFIER_NAME}-{SHIPPED_VERSION}.json"
-        if not no_card and version.name == CLASSIFIER_NAME and card.exists():
+        # the measured version's own card: a fine-tuned candidate or another shipped
+        # version never overwrites 1.0's figures
+        card = Path(settings.SHIPPED_MODELS) / f"{version.name}-{version.version}.json"
+        if not no_card and card.exists():
             data = json.loads(card.read_text())
             data["explanation_checks"] = result
             card.write_text(json.dumps(data, indent=1) + "\n")
