@@ -67,8 +67,9 @@ class CaseViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):
         cases = (
             Case.objects.visible_to(self.request.user)
+            .with_pathologists()
             .select_related("patient", "signed_out_by")
-            .prefetch_related("pathologists", "slides")
+            .prefetch_related("slides")
             .order_by("priority", "created_at")
         )
         if self.action != "list":

@@ -35,6 +35,14 @@ class CaseQuerySet(models.QuerySet):
             return self
         return self.filter(assignments__pathologist=user).distinct()
 
+    def with_pathologists(self) -> "CaseQuerySet":
+        """Each case's assigned pathologists fetched with it, by username (a stable order
+        for pages and the API)."""
+        from django.contrib.auth import get_user_model
+
+        by_name = get_user_model().objects.order_by("username")
+        return self.prefetch_related(models.Prefetch("pathologists", queryset=by_name))
+
 
 class Case(models.Model):
     class Status(models.TextChoices):

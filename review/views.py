@@ -33,7 +33,7 @@ def queue(request):
         Case.objects.visible_to(request.user)
         .select_related("patient")
         .annotate(slide_count=Count("slides", distinct=True))
-        .prefetch_related("pathologists")
+        .with_pathologists()
         .order_by("priority", "created_at")
     )
     status, query, page_number = "", "", 1
@@ -103,7 +103,7 @@ def case_page(request, case: Case, status: int = 200):
         "out_of_domain": [s for s in slides if s.domain and s.domain["status"] == "out_of_domain"],
         "sign_out": _sign_out_defaults(case, slides, request.user),
         "may_review": review.may_review(request.user, case),
-        "assigned": case.pathologists.all(),
+        "assigned": case.pathologists.order_by("username"),
         "is_admin": is_lab_admin(request.user),
         "upload_form": SlideUploadForm(),
     }

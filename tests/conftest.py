@@ -37,13 +37,17 @@ def rq_queues(redis_server):
             queue = django_rq.get_queue(name)
             queue.empty()
             for registry in (
-                queue.started_job_registry,
                 queue.failed_job_registry,
                 queue.finished_job_registry,
                 queue.canceled_job_registry,
             ):
                 for job_id in registry.get_job_ids():
                     registry.remove(job_id, delete_job=True)
+            started = queue.started_job_registry  # RQ 3 keeps executions, not job ids, here
+            for job in queue.job_class.fetch_many(started.get_job_ids(), queue.connection):
+                if job is not None:
+                    started.remove_executions(job)
+                    job.delete()
 
     clear()
     yield django_rq

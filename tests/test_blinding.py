@@ -14,8 +14,10 @@ from cases.models import AuditEvent, Case, CaseAssignment
 from inference.engine.vocabulary import MITOTIC_PHASES
 from inference.models import Finding, HpfMap, InferenceRun
 
-# not AI output, and different on every request: CSRF tokens, "3 seconds ago"
-VOLATILE = re.compile(rb'(name="csrfmiddlewaretoken" value=|csrftoken=)"?[A-Za-z0-9]+|>[^<>]* ago<')
+# not AI output, and different on every request: CSRF tokens, ages ("now", "3 minutes ago")
+VOLATILE = re.compile(
+    rb'(name="csrfmiddlewaretoken" value=|csrftoken=)"?[A-Za-z0-9]+|>[^<>]* ago<|>now<'
+)
 # Undecided findings' new (score, phase), by position: the AI count falls from 4 to 2.
 SHUFFLED = [(0.3, "non_mitotic"), (0.95, "metaphase"), (0.1, "non_mitotic"), (0.6, "prophase")]
 
