@@ -82,9 +82,12 @@ def check_sign_outs() -> list[Problem]:
     """Every signed-out case's final count, grade, signer and time against its latest
     ``sign_out`` event."""
     problems = []
+    latest: dict[int, AuditEvent] = {}
+    for event in AuditEvent.objects.filter(action="sign_out").order_by("id"):
+        latest[event.case_id] = event
     signed = Case.objects.exclude(signed_out_by=None, final_mitotic_count=None, final_grade="")
     for case in signed.order_by("id"):
-        event = AuditEvent.objects.filter(action="sign_out", case=case).order_by("-id").first()
+        event = latest.get(case.pk)
         if event is None:
             text = f"Case {case.accession} carries a sign-out that no audit event recorded"
             problems.append(Problem(None, text))
