@@ -167,13 +167,20 @@ class Dataset:
 class FinetuneSettings:
     """How much data is drawn per slide and how long each network is fine-tuned."""
 
-    detector: TrainSettings = TrainSettings(epochs=6, batch_size=16, learning_rate=5e-4)
+    detector: TrainSettings = TrainSettings(epochs=6, batch_size=16, learning_rate=1.5e-3)
     classifier: TrainSettings = TrainSettings(epochs=6, batch_size=32, learning_rate=5e-4)
     copies: int = 2  # jittered patches/crops per labelled point
     random_patches: int = 16  # tissue patches away from every finding, per slide
     normals: int = 30  # ordinary nuclei (non-mitotic crops), per slide
     max_points: int | None = 60  # labelled points drawn per slide (bounds the time)
     pick_threshold: bool = True  # the candidate's operating point from the training slides
+    # Keep the base networks' batch-norm statistics: batches of the lab's slides only would
+    # move them to that domain and break the slides the base version read well.
+    freeze_norm_stats: bool = True
+    # The candidate detector's weights are this share of the base version's plus the rest of
+    # the fine-tuned ones (weight-space ensembling, WiSE-FT: Wortsman et al., CVPR 2022):
+    # most of the gain on the lab's slides, much less lost on the slides the base read well.
+    detector_base_share: float = 0.4
     seed: int = 0
 
     @classmethod
@@ -187,6 +194,7 @@ class FinetuneSettings:
             normals=3,
             max_points=3,
             pick_threshold=False,
+            detector_base_share=0.0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -305,6 +313,16 @@ def _steps(data_len: int, settings: TrainSettings) -> int:
     return max(1, math.ceil(data_len / settings.batch_size)) * settings.epochs
 
 
+def _train_mode(model: nn.Module, freeze_norm_stats: bool) -> None:
+    """Training mode; with ``freeze_norm_stats`` the batch-norm layers keep normalising with
+    (and do not update) the base network's running statistics."""
+    model.train()
+    if freeze_norm_stats:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def finetune_detector(
     network: CenterNet,
     data: DetectorData,
@@ -313,6 +331,7 @@ def finetune_detector(
     device: torch.device,
     progress: Progress = _no_progress,
     log: Callable[[str], None] = print,
+    freeze_norm_stats: bool = False,
 ) -> CenterNet:
     """Continue training a copy of ``network`` on ``data`` (CenterNet losses, dihedral and
     colour augmentation); the original is left untouched."""
@@ -323,7 +342,7 @@ def finetune_detector(
     size, classes = spec.network_px, len(spec.class_names)
     total_steps, step = _steps(len(data), settings), 0
     for epoch in range(settings.epochs):
-        model.train()
+        _train_mode(model, freeze_norm_stats)
         losses = []
         for index in torch.randperm(len(data), generator=generator).split(settings.batch_size):
             images, k = augment(data.images[index].float() / 255, generator)
@@ -344,6 +363,25 @@ def finetune_detector(
     return model.eval().cpu()
 
 
+def interpolate(base: nn.Module, tuned: nn.Module, base_share: float) -> nn.Module:
+    """A copy of ``tuned`` whose floating-point weights and statistics are ``base_share`` of
+    ``base``'s plus the rest of its own (same architecture)."""
+    if not 0.0 <= base_share < 1.0:
+        raise ValueError(f"the base version's share must be in [0, 1); got {base_share}")
+    mixed = copy.deepcopy(tuned)
+    if base_share == 0.0:
+        return mixed
+    base_state = base.state_dict()
+    state = {
+        key: (1 - base_share) * value + base_share * base_state[key].to(value)
+        if value.is_floating_point()
+        else value
+        for key, value in mixed.state_dict().items()
+    }
+    mixed.load_state_dict(state)
+    return mixed
+
+
 def finetune_classifier(
     network: nn.Module,
     data: ClassifierData,
@@ -352,6 +390,7 @@ def finetune_classifier(
     device: torch.device,
     progress: Progress = _no_progress,
     log: Callable[[str], None] = print,
+    freeze_norm_stats: bool = False,
 ) -> nn.Module:
     """Continue training a copy of the phase classifier on class-balanced draws of
     ``data``; the original is left untouched."""
@@ -363,7 +402,7 @@ def finetune_classifier(
     total_steps, step = _steps(len(data), settings), 0
     optimiser, schedule = _optimiser(model, settings, total_steps)
     for epoch in range(settings.epochs):
-        model.train()
+        _train_mode(model, freeze_norm_stats)
         draw = torch.multinomial(weights, len(data), replacement=True, generator=generator)
         losses, correct = [], 0
         for index in draw.split(settings.batch_size):
@@ -488,12 +527,27 @@ def finetune(
     with _timed(seconds, "detector"):
         det_settings = _seeded(settings.detector, settings.seed)
         det_net = finetune_detector(
-            detector.module, det_data, det_spec, det_settings, device, progress, log
+            detector.module,
+            det_data,
+            det_spec,
+            det_settings,
+            device,
+            progress,
+            log,
+            freeze_norm_stats=settings.freeze_norm_stats,
         )
+        det_net = interpolate(detector.module, det_net, settings.detector_base_share)
     with _timed(seconds, "classifier"):
         cls_settings = _seeded(settings.classifier, settings.seed)
         cls_net = finetune_classifier(
-            classifier.module, cls_data, cls_spec, cls_settings, device, progress, log
+            classifier.module,
+            cls_data,
+            cls_spec,
+            cls_settings,
+            device,
+            progress,
+            log,
+            freeze_norm_stats=settings.freeze_norm_stats,
         )
     candidate_cls = PhaseClassifier(cls_net, cls_spec)
     evaluate = _stage(progress, "evaluate")
