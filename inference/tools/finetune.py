@@ -170,6 +170,9 @@ class FinetuneSettings:
     detector: TrainSettings = TrainSettings(epochs=6, batch_size=16, learning_rate=1.5e-3)
     classifier: TrainSettings = TrainSettings(epochs=6, batch_size=32, learning_rate=5e-4)
     copies: int = 2  # jittered patches/crops per labelled point
+    # detector patches per mitosis a pathologist added: the base model's false negatives,
+    # the examples it most needs
+    missed_copies: int = 6
     random_patches: int = 16  # tissue patches away from every finding, per slide
     normals: int = 30  # ordinary nuclei (non-mitotic crops), per slide
     max_points: int | None = 60  # labelled points drawn per slide (bounds the time)
@@ -190,6 +193,7 @@ class FinetuneSettings:
             detector=TrainSettings(epochs=1, batch_size=8, learning_rate=2e-4),
             classifier=TrainSettings(epochs=1, batch_size=16, learning_rate=2e-4),
             copies=1,
+            missed_copies=1,
             random_patches=1,
             normals=3,
             max_points=3,
@@ -250,7 +254,8 @@ def detector_examples(
     with open_slide(slide.path) as reader:
         scale = Scale.between(slide_mpp(reader, slide.mpp_override), spec.target_mpp)
         span = np.array([spec.patch_px * scale.x, spec.patch_px * scale.y])
-        around = np.repeat(_coords(points), settings.copies, 0)
+        repeats = [settings.missed_copies if p.kind == "added" else settings.copies for p in points]
+        around = np.repeat(_coords(points), repeats, 0)
         around = around + rng.uniform(-0.35, 0.35, around.shape) * span
         tissue = _tissue_points(reader, rng, settings.random_patches * 4)
         tissue = _away_from(tissue, _avoid(slide), AWAY_FROM_FINDINGS_UM / slide.mpp)
