@@ -25,7 +25,7 @@ from inference.learning import TrainingRefused
 from inference.models import Finding, TrainingRun
 
 from .models import Decision
-from .services import current_decisions
+from .services import latest_decisions
 
 MIN_CASES = 2  # at least one to train on and one to evaluate on
 MIN_TRAIN_MITOSES = 10
@@ -54,13 +54,6 @@ def signed_out_cases(accessions: Sequence[str] | None = None) -> list[Case]:
             f"Only signed-out cases are used for training; not signed out: {', '.join(open_cases)}."
         )
     return sorted({found[a] for a in accessions}, key=lambda c: c.accession)
-
-
-def _latest_verdicts(findings) -> dict[int, Decision]:
-    latest: dict[int, Decision] = {}
-    for decision in current_decisions(findings).order_by("finding", "-id"):
-        latest.setdefault(decision.finding_id, decision)
-    return latest
 
 
 def _point(finding: Finding, phase: str, kind: str) -> dict:
@@ -92,7 +85,7 @@ def label_for(finding: Finding, decision: Decision | None) -> tuple[str, str] | 
 def slide_labels(slide: Slide) -> dict:
     """The slide's labelled points and every finding position on it (plain data)."""
     findings = Finding.objects.filter(slide=slide)
-    latest = _latest_verdicts(findings)
+    latest = latest_decisions(findings)
     carried_on = set(
         Decision.objects.filter(finding__slide=slide, carried_from__isnull=False).values_list(
             "carried_from__finding", flat=True

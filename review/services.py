@@ -59,6 +59,14 @@ def current_decisions(findings: QuerySet, reviewer=None) -> QuerySet:
     return Decision.objects.filter(pk__in=latest)
 
 
+def latest_decisions(findings: QuerySet, reviewer=None) -> dict[int, Decision]:
+    """Each finding's latest decision (by anyone, or by ``reviewer``), by finding id."""
+    latest: dict[int, Decision] = {}
+    for decision in current_decisions(findings, reviewer).order_by("finding", "-id"):
+        latest.setdefault(decision.finding_id, decision)
+    return latest
+
+
 def _locked_open_case(case_id: int) -> Case:
     case = Case.objects.select_for_update().get(pk=case_id)
     if case.status == Case.Status.SIGNED_OUT:
@@ -166,12 +174,9 @@ def reviewed_findings(slide: Slide, reader=None) -> QuerySet:
     count is built from their own decisions only (``reader``; readers read independently)."""
     run, findings = ai.slide_findings(slide)
     own = reader if reader is not None and blinded_for(reader, slide.case) else None
-    latest = current_decisions(findings, own).order_by("finding", "-id")
-    verdicts: dict[int, str] = {}
-    for finding_id, verdict in latest.values_list("finding", "verdict"):
-        verdicts.setdefault(finding_id, verdict)
-    agreed = [f for f, v in verdicts.items() if v == Decision.Verdict.AGREE]
-    disagreed = [f for f, v in verdicts.items() if v == Decision.Verdict.DISAGREE]
+    latest = latest_decisions(findings, own)
+    agreed = [f for f, d in latest.items() if d.verdict == Decision.Verdict.AGREE]
+    disagreed = [f for f, d in latest.items() if d.verdict == Decision.Verdict.DISAGREE]
     added = findings.filter(source=Finding.Source.PATHOLOGIST).exclude(pk__in=disagreed)
     return findings.filter(pk__in=agreed) | added
 
