@@ -76,10 +76,14 @@ def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> 
     if run.status != InferenceRun.Status.QUEUED:
         return {"skipped": run.status}
     device = pick_device(settings.INFERENCE_DEVICE or None)
-    InferenceRun.objects.filter(pk=run_id).update(
-        status=InferenceRun.Status.RUNNING, started_at=timezone.now(), device=str(device), stage=""
-    )
-    _case_status_changed(run)
+    with transaction.atomic():
+        InferenceRun.objects.filter(pk=run_id).update(
+            status=InferenceRun.Status.RUNNING,
+            started_at=timezone.now(),
+            device=str(device),
+            stage="",
+        )
+        _case_status_changed(run)
     try:
         progress = RunProgress(run_id, echo)
         result = _infer(run, device, progress)
@@ -171,11 +175,11 @@ def _store(run: InferenceRun, result) -> None:
             locked.counts.update(counts or {})
         locked.save()
         _audit_finish(locked)
+        _case_status_changed(run)
     try:
         compute_ai_map(locked)
     except Exception:  # the findings stand; the map can be recomputed with manage.py hpf
         log.exception("HPF map of run %s failed", run.pk)
-    _case_status_changed(run)
 
 
 def _mil(run: InferenceRun, progress: RunProgress) -> None:
@@ -213,7 +217,8 @@ def _finish(run_id: int, status: str, error: str) -> None:
         if ended.update(status=status, error=error, finished_at=timezone.now()):
             run = InferenceRun.objects.select_related("slide__case").get(pk=run_id)
             _audit_finish(run)
-    _case_status_changed(InferenceRun.objects.select_related("slide").get(pk=run_id))
+            # In the same transaction: no one sees a finished run on a case still "AI running".
+            _case_status_changed(run)
 
 
 def _audit_finish(run: InferenceRun) -> None:
