@@ -21,7 +21,7 @@ from slides import Scale, read_region
 from .engine.vocabulary import ATTRIBUTION_METHODS as METHODS
 from .engine.vocabulary import SIGNED_METHODS as SIGNED
 from .models import Explanation, Finding, ModelVersion
-from .registry import load_version
+from .registry import loaded_version
 from .services import job_queue
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def _model(version_pk: int, sha256: str) -> CropClassifier:
     from .engine.attribution import CropClassifier
 
     version = ModelVersion.objects.get(pk=version_pk)
-    classifier = load_version(version)
+    classifier = loaded_version(version)
     spec = classifier.spec
     return CropClassifier(classifier.module, spec.network_px, spec.mean, spec.std).eval()
 

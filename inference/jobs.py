@@ -22,7 +22,7 @@ from .engine.tissue import detect_tissue
 from .engine.vocabulary import MITOTIC_PHASES
 from .hpf import compute_ai_map
 from .models import Finding, InferenceRun, MilMap, ModelVersion
-from .registry import load_version
+from .registry import loaded_version
 from .signals import run_succeeded
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,8 @@ def _infer(run: InferenceRun, device, progress: RunProgress):
 
     return run_slide(
         run.slide.path,
-        load_version(run.detector),
-        load_version(run.classifier),
+        loaded_version(run.detector),
+        loaded_version(run.classifier),
         device=device,
         num_workers=settings.INFERENCE_LOADER_WORKERS,
         mpp_override=run.slide.mpp_override,
@@ -190,7 +190,7 @@ def _mil(run: InferenceRun, progress: RunProgress) -> None:
     if version is None:
         return
     progress("mil", 0.0)
-    model, _ = load_version(version)
+    model, _ = loaded_version(version)
     with open_slide(run.slide.path) as slide:
         result = slide_attention(slide, model, detect_tissue(slide), run.slide.mpp_override)
     MilMap.objects.update_or_create(

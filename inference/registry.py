@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ from .models import ModelVersion
 DETECTOR_NAME = "mitolens-detector"
 CLASSIFIER_NAME = "mitolens-phase"
 MIL_NAME = "mitolens-mil"
-SHIPPED_VERSION = "1.0"
+# Each shipped model's version: a model retrained with different weights gets a new one.
+SHIPPED_VERSIONS = {DETECTOR_NAME: "1.0", CLASSIFIER_NAME: "1.1", MIL_NAME: "1.0"}
 
 
 class ModelRejected(Exception):
@@ -44,8 +47,26 @@ def load_model(path: Path, task: str, fmt: str, spec: dict[str, Any] | None):
 
 
 def load_version(version: ModelVersion):
-    """Load a registered model version from the model store."""
+    """Load a registered model version from the model store (a fresh copy, free to train)."""
     return load_model(version.path, version.task, version.format, version.spec)
+
+
+@lru_cache(maxsize=8)
+def _loaded(version_pk: int, sha256: str):
+    return load_version(ModelVersion.objects.get(pk=version_pk))
+
+
+def loaded_version(version: ModelVersion):
+    """The version's model, loaded once per process and shared: for inference only. A
+    worker loads the active versions before it forks (``preload_active``), so each job's
+    work horse starts with them in memory."""
+    return _loaded(version.pk, version.sha256)
+
+
+def preload_active(tasks: Iterable[str]) -> None:
+    """Load the active versions of ``tasks`` into this process (see ``loaded_version``)."""
+    for version in ModelVersion.objects.filter(task__in=tasks, is_active=True):
+        loaded_version(version)
 
 
 def check_model(path: Path, task: str, fmt: str, spec: dict[str, Any] | None) -> dict[str, Any]:
@@ -236,7 +257,7 @@ def write_card(
     """Write ``<name>-<version>.json``: what the model is, how it was made, how it scores."""
     card = {
         "name": name,
-        "version": SHIPPED_VERSION,
+        "version": SHIPPED_VERSIONS[name],
         "task": task,
         "format": "native",
         "weights": weights,
@@ -245,7 +266,7 @@ def write_card(
         "training": training,
         "metrics": metrics,
     }
-    path = store / f"{name}-{SHIPPED_VERSION}.json"
+    path = store / f"{name}-{SHIPPED_VERSIONS[name]}.json"
     path.write_text(json.dumps(card, indent=1) + "\n")
     return path
 

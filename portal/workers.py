@@ -39,11 +39,28 @@ PRELOAD = {
 }
 
 
+# The active model versions (by task) a worker loads before forking, by queue, so that no
+# job loads one (a version activated later is loaded at the next maintenance tick).
+PRELOAD_MODELS = {
+    "inference": ("detector", "phase_classifier", "mil"),
+    "explain": ("phase_classifier",),
+}
+
+
 def preload(queue_names: Iterable[str]) -> None:
-    """Import the engine modules the jobs of ``queue_names`` use."""
+    """Import the engine modules the jobs of ``queue_names`` use and load the active
+    model versions they run."""
+    from inference.registry import preload_active
+
     for name in queue_names:
         for module in PRELOAD.get(name, ()):
             import_module(module)
+    tasks = {task for name in queue_names for task in PRELOAD_MODELS.get(name, ())}
+    if tasks:
+        try:
+            preload_active(tasks)
+        except Exception:  # a job that needs the model loads it and reports what is wrong
+            log.exception("could not preload the active models")
 
 
 class Worker(RQWorker):
@@ -58,8 +75,9 @@ class Worker(RQWorker):
     - a job whose work horse is killed (e.g. out of memory) gets its failure callback at
       once, as RQ gives one to a job whose whole worker vanished (AbandonedJobError);
     - it forks with no database connection open, which a callback run here may have left;
-    - it imports the engine its queues' jobs use (``PRELOAD``) before its first fork, so
-      no job pays for importing torch.
+    - it imports the engine its queues' jobs use (``PRELOAD``) and loads their active
+      models (``PRELOAD_MODELS``) before its first fork, so no job pays for importing
+      torch or loading weights.
     """
 
     def __init__(self, *args, **kwargs):
@@ -78,6 +96,7 @@ class Worker(RQWorker):
             fail_lost_runs()
         except Exception:  # never stop a worker over it; the next tick tries again
             log.exception("could not check for lost runs")
+        preload(self.queue_names())  # a newly activated version, before its first job
         connections.close_all()
 
     def work(self, *args, **kwargs):
