@@ -87,22 +87,51 @@ class CropClassifier(nn.Module):
 
 
 GRAD_CAM_MIN_SIDE = 7  # a ResNet-50's layer4 at 224 px
+RESNET_STAGES = ("layer4", "layer3", "layer2", "layer1")
 
 
 def last_conv_block(module: nn.Module, input_px: int) -> tuple[str, nn.Module]:
-    """The layer Grad-CAM explains: a ResNet's last block whose output is at least 7 x 7
-    at the network's input size (layer4 of a 224 px ResNet-50; layer2 of the shipped
-    64 px ResNet-10, whose layer4 is 2 x 2 and cannot point at a figure), else the last
-    Conv2d."""
-    if hasattr(module, "layer4"):
-        for name, stride in (("layer4", 32), ("layer3", 16), ("layer2", 8)):
-            if input_px // stride >= GRAD_CAM_MIN_SIDE:
-                return name, getattr(module, name)
-        return "layer1", module.layer1
+    """The layer Grad-CAM explains: a ResNet's last stage whose output is at least 7 x 7
+    at the network's input size (layer4 of a 224 px ResNet-50; layer3 of the shipped
+    resnet8_os8; layer2 of a 64 px ResNet-10, whose layer4 is 2 x 2 and cannot point at a
+    figure), else the last Conv2d. Sides are measured, not assumed from the names."""
+    stages = [
+        (name, getattr(module, name))
+        for name in RESNET_STAGES
+        if any(True for _ in getattr(module, name, nn.Identity()).parameters())
+    ]
+    if stages:
+        sides = _output_sides(module, stages, input_px)
+        return next(
+            ((n, layer) for n, layer in stages if sides[n] >= GRAD_CAM_MIN_SIDE), stages[-1]
+        )
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("the classifier has no convolutional layer for Grad-CAM")
     return "last conv", convs[-1]
+
+
+def _output_sides(
+    module: nn.Module, stages: list[tuple[str, nn.Module]], input_px: int
+) -> dict[str, int]:
+    """Each stage's output side for one blank input of ``input_px``."""
+    sides: dict[str, int] = {}
+    hooks = [
+        layer.register_forward_hook(
+            lambda _m, _i, out, name=name: sides.__setitem__(name, out.shape[-1])
+        )
+        for name, layer in stages
+    ]
+    device = next(module.parameters()).device
+    training = module.training
+    try:
+        with torch.no_grad():  # in eval mode: batch-norm statistics stay as they are
+            module.eval()(torch.zeros(1, 3, input_px, input_px, device=device))
+    finally:
+        module.train(training)
+        for hook in hooks:
+            hook.remove()
+    return sides
 
 
 def blurred(image: Tensor, sigma: float) -> Tensor:
@@ -179,7 +208,8 @@ def explain_crop(
         raise ValueError(f"unknown attribution method(s) {sorted(unknown)}; one of {METHODS}")
     model = model.eval()
     device = model.mean.device
-    image = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float()
+    pixels = np.require(crop, requirements=["C", "W"])  # torch needs a writable array
+    image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
     image = image.div(255).to(device)
     with torch.no_grad():
         probs = torch.softmax(model(image).float(), 1)[0].cpu().numpy()

@@ -384,7 +384,7 @@ class Recipe:
         default_factory=lambda: {**DETECTOR_DEFAULTS, "patch_px": 320, "input_px": 160}
     )
     classifier_spec: dict = field(
-        default_factory=lambda: {**CLASSIFIER_DEFAULTS, "arch": "resnet10", "input_px": 64}
+        default_factory=lambda: {**CLASSIFIER_DEFAULTS, "arch": "resnet8_os8", "input_px": 64}
     )
     test: tuple[SlideSet, ...] = (
         SlideSet(
@@ -502,14 +502,7 @@ def train_shipped_models(
     detector = train_detector(det_data, det_spec, recipe.detector, log)
     del det_data
 
-    cls_spec = ModelSpec.from_dict(recipe.classifier_spec)
-    cls_data = concat_classifier(
-        gather(train_paths, lambda p, r: classifier_examples(p, cls_spec, r), recipe.seed, "Crops")
-    )
-    mean, std = channel_stats(cls_data.images)
-    cls_spec = ModelSpec.from_dict({**cls_spec.to_dict(), "mean": mean, "std": std})
-    log(f"classifier data: {class_counts(cls_data)}")
-    classifier = train_classifier(cls_data, cls_spec, recipe.classifier, log)
+    classifier, cls_spec, crops = _train_phase(recipe, train_paths, log)
 
     evaluations = evaluate_paths(
         val_paths,
@@ -523,12 +516,41 @@ def train_shipped_models(
     facts = {
         "train_slides": _describe(recipe.train),
         "validation_slides": _describe(recipe.validation),
-        "classifier_crops": class_counts(cls_data),
+        "classifier_crops": crops,
         "validation_f1": round(score.f1, 4),
         "detector_settings": vars(recipe.detector),
         "classifier_settings": vars(recipe.classifier),
     }
     return TrainedModels(detector, det_spec, classifier, cls_spec, facts)
+
+
+def train_shipped_classifier(
+    recipe: Recipe, work_dir: Path, log: Callable[[str], None], processes: int = 2
+) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Make the recipe's training slides and train the phase classifier alone (the shipped
+    detector and its operating point stay as they are)."""
+    train_paths = make_slides(recipe.train, work_dir / "train", processes)
+    classifier, spec, crops = _train_phase(recipe, train_paths, log)
+    facts = {
+        "train_slides": _describe(recipe.train),
+        "classifier_crops": crops,
+        "classifier_settings": vars(recipe.classifier),
+    }
+    return classifier, spec, facts
+
+
+def _train_phase(
+    recipe: Recipe, train_paths: list[Path], log: Callable[[str], None]
+) -> tuple[nn.Module, ModelSpec, dict[str, int]]:
+    spec = ModelSpec.from_dict(recipe.classifier_spec)
+    data = concat_classifier(
+        gather(train_paths, lambda p, r: classifier_examples(p, spec, r), recipe.seed, "Crops")
+    )
+    mean, std = channel_stats(data.images)
+    spec = ModelSpec.from_dict({**spec.to_dict(), "mean": mean, "std": std})
+    crops = class_counts(data)
+    log(f"classifier data: {crops}")
+    return train_classifier(data, spec, recipe.classifier, log), spec, crops
 
 
 def _describe(slides: SlideSet) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from openslide import OpenSlideError
 from PIL import Image, UnidentifiedImageError
 
 from inference.engine.model_io import load_detector
-from inference.registry import DETECTOR_NAME, SHIPPED_VERSION
+from inference.registry import DETECTOR_NAME, SHIPPED_VERSIONS
 from inference.tools.domain import describe, slide_from_image
 from inference.tools.train import Recipe
 from slides import MissingMppError, open_slide, slide_mpp
@@ -45,7 +45,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, card, train_slides, held_out_seeds, real, real_holdout, work,
                dry_run, **options):  # fmt: skip
-        card = card or Path(settings.SHIPPED_MODELS) / f"{DETECTOR_NAME}-{SHIPPED_VERSION}.json"
+        shipped = f"{DETECTOR_NAME}-{SHIPPED_VERSIONS[DETECTOR_NAME]}.json"
+        card = card or Path(settings.SHIPPED_MODELS) / shipped
         work = work or Path(settings.VAR_DIR) / "domain"
         if not card.is_file():
             raise CommandError(f"{card}: no such model card")
