@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install static clean-var chromium
+.PHONY: demo test lint install static clean-var test-tools
 
 install: $(STAMP)
 
@@ -19,16 +19,18 @@ demo: $(STAMP)
 	$(PY) manage.py setup_demo
 	$(PY) manage.py serve_demo
 
-test: $(STAMP) chromium
+test: $(STAMP) test-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The browser tests drive Debian's chromium (never a downloaded browser); install it
-# where we may, otherwise those tests skip with the reason.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 \
-	  || apt-get install -y -q chromium >/dev/null 2>&1 \
-	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
-	  || echo "chromium could not be installed: the browser tests will be skipped"
+# The browser tests drive Debian's chromium (never a downloaded browser) and the front
+# server test Debian's nginx; install them where we may, otherwise those tests skip with
+# the reason.
+test-tools:
+	@(command -v chromium && command -v nginx) >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] \
+	  || ! command -v apt-get >/dev/null 2>&1 \
+	  || apt-get install -y -q chromium nginx-light >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium nginx-light >/dev/null 2>&1) \
+	  || echo "chromium and nginx could not be installed: the browser and front-server tests will be skipped"
 
 # Static files as production serves them (the Dockerfile runs the same script).
 static: $(STAMP)

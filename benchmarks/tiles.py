@@ -13,6 +13,11 @@ Scenarios:
   unique   every tile of the top levels is requested exactly once, shuffled and
            split between clients: no tile is ever asked for twice.
 
+With nginx on PATH (Debian: apt-get install nginx-light) two more servers run: nginx
+sending the pre-rendered tile files itself (the static-file anchor, no authentication),
+and the portal as compose deploys it, behind deploy/nginx.conf with TILE_ACCEL_REDIRECT
+(Django checks the session, nginx sends the file).
+
 Usage: python benchmarks/tiles.py [--slide PATH | --size 16000x12000] [--clients 1,4,8]
 """
 
@@ -32,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tests.front import front_command, nginx_command  # noqa: E402
 
 VIEW_COLS, VIEW_ROWS = 7, 4
 
@@ -187,10 +194,10 @@ def _client(port: int, plan, url_for, headers, go, results) -> None:
     )
 
 
-def wait_until_up(port: int, process: subprocess.Popen) -> None:
+def wait_until_up(port: int, processes: list[subprocess.Popen]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if any(process.poll() is not None for process in processes):
             raise RuntimeError("server exited during start-up")
         try:
             # A bound socket is not a server that answers: wait for a worker's reply.
@@ -204,18 +211,35 @@ def wait_until_up(port: int, process: subprocess.Popen) -> None:
     raise RuntimeError("server did not start")
 
 
-def run_server(command, env, port, plans, url_for, headers) -> dict:
+def run_server(commands, env, port, plans, url_for, headers) -> dict:
+    """Start the server's processes (e.g. gunicorn, then nginx in front), play, stop them."""
     log = Path(env["MITOLENS_VAR_DIR"]) / "server.log"
-    with log.open("ab") as stderr:
-        process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr
-        )
+    processes = []
     try:
-        wait_until_up(port, process)
+        with log.open("ab") as stderr:
+            for command in commands:
+                processes.append(
+                    subprocess.Popen(
+                        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr
+                    )
+                )
+        wait_until_up(port, processes)
         return play(port, plans, url_for, headers)
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=20)
+
+
+def nginx_anchor(work: Path, port: int) -> list[str]:
+    """nginx sending the pre-rendered tile files, nothing else (the static-file anchor)."""
+    tiles = work / "tiles"
+    return nginx_command(
+        work,
+        port,
+        f"server {{ listen 127.0.0.1:{port}; location /tiles/ {{ alias {tiles}/; }}"
+        f" location = /healthz {{ return 200; }} }}",
+    )
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -223,19 +247,21 @@ def median_run(runs: list[dict]) -> dict:
     return sorted(runs, key=lambda run: run["tiles_per_s"])[len(runs) // 2]
 
 
-def portal_command(args) -> list[str]:
+def portal_command(args) -> list[list[str]]:
     return [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "portal.wsgi:application",
-        "-b",
-        "127.0.0.1:8772",
-        "-k",
-        "gthread",
-        "-w",
-        str(args.gunicorn_workers),
-        "--threads",
-        str(args.gunicorn_threads),
-        "--preload",  # every worker is ready when the socket answers
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "portal.wsgi:application",
+            "-b",
+            "127.0.0.1:8772",
+            "-k",
+            "gthread",
+            "-w",
+            str(args.gunicorn_workers),
+            "--threads",
+            str(args.gunicorn_threads),
+            "--preload",  # every worker is ready when the socket answers
+        ]
     ]
 
 
@@ -270,7 +296,7 @@ def main() -> None:
     cold_env = {**env, "TILE_CACHE_DIR": str(work / "tiles-cold")}
     servers = {
         "baseline": (
-            [sys.executable, "benchmarks/deepzoom_baseline.py", str(slide_path), "8771"],
+            [[sys.executable, "benchmarks/deepzoom_baseline.py", str(slide_path), "8771"]],
             env,
             8771,
             lambda lv, c, r: f"/slide_files/{lv}/{c}_{r}.jpeg",
@@ -285,6 +311,22 @@ def main() -> None:
         ),
     }
     servers["pre-rendered"] = (portal_command(args), env, *servers["cold"][2:])
+    if shutil.which("nginx"):
+        tile_dir = Path(env["TILE_CACHE_DIR"]).relative_to(work)
+        folder = next(Path(env["TILE_CACHE_DIR"]).iterdir()).name
+        servers["nginx"] = (
+            [nginx_anchor(work, 8774)],
+            env,
+            8774,
+            lambda lv, c, r: f"/{tile_dir}/{folder}/{lv}/{c}_{r}.jpeg",
+            {},
+        )
+        servers["portal behind nginx"] = (
+            [*portal_command(args), front_command(work, 8773, 8772, work / "tiles")],
+            {**env, "TILE_ACCEL_REDIRECT": "/_tiles/"},
+            8773,
+            *servers["cold"][3:],
+        )
     rows = []
     for scenario in args.scenarios.split(","):
         make_plans = viewing_requests if scenario == "viewing" else unique_requests
@@ -298,20 +340,23 @@ def main() -> None:
                     runs[name].append(
                         run_server(command, server_env, port, plans, url_for, headers)
                     )
-            rows.append([scenario, clients, *(median_run(runs[name]) for name in servers)])
-            print(format_row(rows[-1]), flush=True)
+            rows.append((scenario, clients, {name: median_run(runs[name]) for name in servers}))
+            print(format_row(rows[-1], "baseline", ("cold", "pre-rendered")), flush=True)
     print_report(args, slide_path, rows, rendering)
+    shutil.rmtree(work)
 
 
-def format_row(row) -> str:
-    scenario, clients, base, *portal_runs = row
+def format_row(row, anchor: str, compared: tuple[str, ...]) -> str:
+    """Throughput and latency of the anchor, then of each compared server with its ratio."""
+    scenario, clients, results = row
+    base = results[anchor]
     cells = [
         scenario,
         str(clients),
         f"{base['tiles_per_s']:.0f}",
         f"{base['p50_ms']:.1f} / {base['p95_ms']:.1f}",
     ]
-    for portal in portal_runs:
+    for portal in (results[name] for name in compared):
         cells += [
             f"{portal['tiles_per_s']:.0f}",
             f"{portal['p50_ms']:.1f} / {portal['p95_ms']:.1f}",
@@ -344,7 +389,17 @@ def print_report(args, slide_path: Path, rows, rendering: dict) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(format_row(row))
+        print(format_row(row, "baseline", ("cold", "pre-rendered")))
+    if "nginx" not in rows[0][2]:
+        return
+    print(
+        "\n| scenario | clients | nginx tiles/s | nginx p50 / p95 ms "
+        "| pre-rendered portal (gunicorn) tiles/s | p50 / p95 ms | ÷ nginx "
+        "| portal behind nginx tiles/s | p50 / p95 ms | ÷ nginx |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(format_row(row, "nginx", ("pre-rendered", "portal behind nginx")))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ urlpatterns = [
         views.slide_tile,
         name="tile",
     ),
+    path("slides/<int:slide_id>/tile-grant", views.slide_tile_grant, name="tile_grant"),
     path("slides/<int:slide_id>/thumbnail.jpeg", views.slide_thumbnail, name="thumbnail"),
     path(
         "slides/<int:slide_id>/associated/<slug:name>.jpeg",

@@ -2,12 +2,19 @@
 
 import logging
 from functools import wraps
+from pathlib import Path
 
 import openslide
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import redirect_to_login
-from django.http import Http404, HttpResponse, HttpResponseBadRequest, HttpResponseNotModified
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotModified,
+)
 from django.shortcuts import get_object_or_404
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET
@@ -24,18 +31,38 @@ TILE_CACHE_SECONDS = 7 * 24 * 3600
 log = logging.getLogger(__name__)
 
 
-def _cached_image_response(request, etag: str, render_bytes) -> HttpResponse:
-    """Answer If-None-Match with 304; otherwise render, with private caching headers."""
+def _cached_image_response(request, etag: str, render_bytes, rendered: Path | None = None):
+    """Answer If-None-Match with 304; otherwise send the ``rendered`` file if it is there,
+    else render, with private caching headers."""
     if etag in request.headers.get("If-None-Match", ""):
         response = HttpResponseNotModified()
     else:
-        data = render_bytes()
-        if data is None:
-            raise Http404("No such tile")
-        response = HttpResponse(data, content_type="image/jpeg")
+        response = _file_response(rendered) if rendered else None
+        if response is None:
+            data = render_bytes()
+            if data is None:
+                raise Http404("No such tile")
+            response = HttpResponse(data, content_type="image/jpeg")
     response["ETag"] = etag
     patch_cache_control(response, private=True, max_age=TILE_CACHE_SECONDS, immutable=True)
     return response
+
+
+def _file_response(file: Path) -> HttpResponse | None:
+    """A rendered JPEG under TILE_CACHE_DIR, or None if it is not there: handed to the front
+    web server (X-Accel-Redirect to TILE_ACCEL_REDIRECT) when one serves the cache, else
+    sent by the WSGI server's file wrapper (gunicorn: sendfile, no copy through Python)."""
+    if settings.TILE_ACCEL_REDIRECT:
+        if not file.is_file():
+            return None
+        response = HttpResponse(content_type="image/jpeg")
+        relative = file.relative_to(settings.TILE_CACHE_DIR).as_posix()
+        response["X-Accel-Redirect"] = settings.TILE_ACCEL_REDIRECT + relative
+        return response
+    try:
+        return FileResponse(file.open("rb"), content_type="image/jpeg")
+    except OSError:  # not rendered yet, or an unusable cache
+        return None
 
 
 def slide_file_errors(view):
@@ -104,11 +131,34 @@ def slide_tile(request, slide_id: int, level: int, col: int, row: int):
     etag = deepzoom.tile_etag(slide.sha256, level, col, row)
     try:
         return _cached_image_response(
-            request, etag, lambda: deepzoom.render_tile(slide, level, col, row)
+            request,
+            etag,
+            lambda: deepzoom.render_tile(slide, level, col, row),
+            deepzoom.tile_file(slide.sha256, level, col, row),
         )
     except deepzoom.TileUndecodable:
         tiles.note_undecodable(slide.sha256, level, col, row)
         return _unavailable("This part of the slide cannot be decoded: the slide file is damaged.")
+
+
+@login_not_required  # checked below, through the grant cache
+@require_GET
+def slide_tile_grant(request, slide_id: int):
+    """For the front web server's auth_request (deploy/nginx.conf): 200 with the slide's
+    tile-cache folder when this session may see the slide's tiles, which the server then
+    sends itself and may trust for TILE_GRANT_SECONDS, as the grant cache does; 403
+    otherwise (never cached there: the portal then answers the tile request itself)."""
+    try:
+        source = _granted_tile_source(request, slide_id)
+    except Http404:
+        source = None
+    if source is None:
+        return HttpResponse(status=403)
+    response = HttpResponse()
+    response["X-Tile-Folder"] = deepzoom.slide_cache_dir(source.sha256).name
+    response["X-Accel-Expires"] = str(int(settings.TILE_GRANT_SECONDS))
+    patch_cache_control(response, private=True, no_store=True)
+    return response
 
 
 @require_GET

@@ -184,6 +184,14 @@ TILE_CACHE_MAX_BYTES = int(os.environ.get("TILE_CACHE_MAX_BYTES", 50 * 1024**3))
 TILE_PRERENDER = os.environ.get("TILE_PRERENDER", "all")
 if TILE_PRERENDER not in ("all", "overview", "off"):
     raise ImproperlyConfigured("TILE_PRERENDER must be all, overview or off")
+# A front web server's internal location serving TILE_CACHE_DIR (nginx: X-Accel-Redirect,
+# see deploy/nginx.conf): rendered tiles are handed to it after the permission check.
+# Empty: the WSGI server sends the file itself.
+TILE_ACCEL_REDIRECT = os.environ.get("TILE_ACCEL_REDIRECT", "")
+if TILE_ACCEL_REDIRECT and not (
+    TILE_ACCEL_REDIRECT.startswith("/") and TILE_ACCEL_REDIRECT.endswith("/")
+):
+    raise ImproperlyConfigured("TILE_ACCEL_REDIRECT must start and end with / (e.g. /_tiles/)")
 # How long a session's right to a slide's tiles is trusted before it is checked again.
 TILE_GRANT_SECONDS = float(os.environ.get("TILE_GRANT_SECONDS", 30))
 # AI runs: start one automatically when a slide is registered; the worker's device

@@ -1,5 +1,6 @@
 """The production stack's description: compose file, image, and deploy settings."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,6 +26,21 @@ def test_compose_has_the_production_services():
     assert "tiles" in services["worker-tiles"]["command"]
     web = services["web"]
     assert web["environment"]["DEBUG"] == "0" and "slides:/slides" in web["volumes"]
+
+
+def test_the_front_web_server_sends_tiles_from_the_shared_cache():
+    """nginx in front: the portal's X-Accel-Redirect prefix is an internal location whose
+    alias is the image's TILE_CACHE_DIR on the shared volume."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    front, web = services["front"], services["web"]
+    assert front["image"].startswith("nginx") and front["ports"] == ["8000:8000"]
+    assert "slides:/slides:ro" in front["volumes"] and "ports" not in web
+    prefix = web["environment"]["TILE_ACCEL_REDIRECT"]
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    tile_cache = re.search(r"TILE_CACHE_DIR=(\S+)", (ROOT / "Dockerfile").read_text())[1]
+    location = re.search(r"location " + re.escape(prefix) + r" \{([^}]*)\}", conf)[1]
+    assert "internal;" in location and f"alias {tile_cache}/;" in location
+    assert f"root {tile_cache};" in conf  # granted tiles, sent without the portal
 
 
 @pytest.mark.skipif(

@@ -42,7 +42,27 @@ def test_a_served_tile_is_kept_on_disk_and_served_from_there(
     cached = deepzoom.tile_file(slide.sha256, 11, 1, 1)
     assert cached.read_bytes() == first
     cached.write_bytes(b"from the cache")  # proves the second answer is the file
-    assert client_for(pathologist).get(url).content == b"from the cache"
+    again = client_for(pathologist).get(url)
+    assert again.streaming and again.getvalue() == b"from the cache"  # sent as a file
+    assert again["Content-Type"] == "image/jpeg" and again["ETag"]
+
+
+@pytest.mark.django_db
+def test_a_front_web_server_sends_rendered_tiles_after_the_permission_check(
+    client_for, pathologist, other_pathologist, slide, tile_dir, settings
+):
+    settings.TILE_ACCEL_REDIRECT = "/_tiles/"
+    url = f"/slides/{slide.pk}_files/11/1_0.jpeg"
+    first = client_for(pathologist).get(url)  # not rendered yet: Django renders and sends it
+    assert "X-Accel-Redirect" not in first and first.content[:2] == b"\xff\xd8"
+    cached = deepzoom.tile_file(slide.sha256, 11, 1, 0)
+    again = client_for(pathologist).get(url)
+    assert again.status_code == 200 and again.content == b""
+    assert again["X-Accel-Redirect"] == f"/_tiles/{cached.relative_to(tile_dir).as_posix()}"
+    assert again["Content-Type"] == "image/jpeg" and again["ETag"] == first["ETag"]
+    assert "private" in again["Cache-Control"]
+    refused = client_for(other_pathologist).get(url)
+    assert refused.status_code == 404 and "X-Accel-Redirect" not in refused
 
 
 @pytest.mark.django_db

@@ -7,6 +7,8 @@ import pytest
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
+from cases import deepzoom
+
 
 def expected_tile(path, level, col, row) -> bytes:
     with openslide.OpenSlide(path) as source:
@@ -104,3 +106,18 @@ def test_unreadable_slide_file_answers_503(client_for, pathologist, slide, tmp_p
     response = client_for(pathologist).get(f"/slides/{slide.pk}.dzi")
     assert response.status_code == 503
     assert b"cannot be read" in response.content
+
+
+@pytest.mark.django_db
+def test_the_tile_grant_names_the_cache_folder_only_to_sessions_that_may_see_the_slide(
+    client, client_for, pathologist, other_pathologist, slide, settings
+):
+    url = f"/slides/{slide.pk}/tile-grant"
+    granted = client_for(pathologist).get(url)
+    assert granted.status_code == 200
+    assert granted["X-Tile-Folder"] == deepzoom.slide_cache_dir(slide.sha256).name
+    assert granted["X-Accel-Expires"] == str(int(settings.TILE_GRANT_SECONDS))
+    for refused in (client_for(other_pathologist).get(url), client.get(url)):
+        assert refused.status_code == 403 and "X-Tile-Folder" not in refused
+        assert refused.content == b""
+    assert client_for(pathologist).get("/slides/999999/tile-grant").status_code == 403
