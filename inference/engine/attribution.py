@@ -48,12 +48,6 @@ class AttributionSettings:
     deletion_steps: int = 16
     seed: int = 0
 
-    @classmethod
-    def captum_defaults(cls) -> AttributionSettings:
-        """The same settings computed the plain way: IG one step per pass, occlusion one
-        perturbation per pass, GradientSHAP all samples at once (for the benchmark)."""
-        return cls(ig_internal_batch=1, occlusion_per_eval=1, shap_chunk=None)
-
 
 @dataclass
 class MethodMap:
