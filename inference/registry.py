@@ -64,9 +64,20 @@ def loaded_version(version: ModelVersion):
 
 
 def preload_active(tasks: Iterable[str]) -> None:
-    """Load the active versions of ``tasks`` into this process (see ``loaded_version``)."""
-    for version in ModelVersion.objects.filter(task__in=tasks, is_active=True):
-        loaded_version(version)
+    """Load the active versions of ``tasks`` into this process (see ``loaded_version``).
+
+    On one thread: a process that has started torch's OpenMP thread pool and then forks
+    (an RQ worker forking a work horse) gives a child whose first parallel operation hangs.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for version in ModelVersion.objects.filter(task__in=tasks, is_active=True):
+            loaded_version(version)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def check_model(path: Path, task: str, fmt: str, spec: dict[str, Any] | None) -> dict[str, Any]:

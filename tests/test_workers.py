@@ -1,9 +1,15 @@
 """Engine workers load the active models once, before they fork a work horse per job."""
 
-from inference import registry
-from inference.models import ModelVersion
+import subprocess
+import sys
+
+import pytest
+
+from inference import registry, services
+from inference.models import InferenceRun, ModelVersion
 from inference.registry import activate, loaded_version, register_model
 from portal.workers import preload
+from tests.conftest import subprocess_env
 
 
 def test_an_engine_worker_loads_the_active_models_before_its_jobs(shipped_models):
@@ -33,3 +39,23 @@ def test_a_newly_activated_version_is_loaded_at_the_next_preload(shipped_models,
     assert loaded_version(copy) is not before  # its own entry, keyed by version and weights
     assert loaded_version(classifier) is before
     assert registry._loaded.cache_info().misses == loads  # nothing loaded after the tick
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_forking_worker_with_preloaded_models_finishes_runs(
+    settings, lab_admin, slide, shipped_models, rq_queues
+):
+    """A real `rqworker` (models loaded before it forks each job's work horse, whose
+    readers are processes too) completes two runs, so nothing it inherited hangs."""
+    runs = [services.start_run(slide, lab_admin) for _ in range(2)]
+    worker = subprocess.run(
+        [sys.executable, "manage.py", "rqworker", "inference", "--burst"],
+        env=subprocess_env(),
+        cwd=settings.BASE_DIR,
+        timeout=120,
+        capture_output=True,
+    )
+    assert worker.returncode == 0, worker.stderr.decode()[-2000:]
+    for run in runs:
+        run.refresh_from_db()
+        assert run.status == InferenceRun.Status.SUCCEEDED, run.error
