@@ -63,8 +63,8 @@ def test_grad_cam_and_ig_point_at_the_mitotic_figure(crop_model):
         for m in maps:
             hits[m.method] += peak_in_box(m.values, truth["box"], margin=2.0)
     rates = {k: v / len(seeds) for k, v in hits.items()}
-    # measured: IG 1.0, Grad-CAM 0.7 (layer2, 8 x 8; docs/models.md, "Explanations")
-    assert rates["grad_cam"] >= 0.6 and rates["integrated_gradients"] >= 0.9, rates
+    print(rates)  # docs/models.md, "Explanations"
+    assert rates["grad_cam"] >= 0.8 and rates["integrated_gradients"] >= 0.9, rates
 
 
 @pytest.mark.django_db

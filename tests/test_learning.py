@@ -252,7 +252,7 @@ def test_quick_fine_tune_through_the_command_then_promotion_and_rollback(
     base = [shipped_models["detector"], shipped_models["phase_classifier"]]
     for version, before in zip(candidates, base, strict=True):
         assert not version.is_active and version.path.exists()
-        assert version.name == before.name and version.version == f"1.0-lab{run.pk}"
+        assert version.name == before.name and version.version == f"{before.version}-lab{run.pk}"
         card = json.loads(version.training_note)
         assert card["fine_tuned_from"] == str(before)
         assert set(card["cases"]["train"]) | set(card["cases"]["holdout"]) == {"L-0", "L-1", "L-2"}
