@@ -1,10 +1,14 @@
 """Starting and watching AI runs, and a slide's findings for the viewer."""
 
+import json
 from io import BytesIO
 
 import numpy as np
 from django.contrib import messages
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
+from django.core.serializers.json import DjangoJSONEncoder as JSON
+from django.db.models import Count, Max
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -99,11 +103,40 @@ def case_runs(request, case_id: int):
 
 @require_GET
 def slide_findings(request, slide_id: int):
-    """The slide's findings as columns (compact for 10,000 findings), level-0 px."""
+    """The slide's findings as columns (compact for 10,000 findings), level-0 px.
+
+    The body is cached per slide and what it shows (the shown run, how many findings and
+    the newest one; for a blinded reader also their own decisions, which reveal calls), so
+    a new run, finding or decision makes a new entry and nothing is ever invalidated by
+    hand; the permission check runs on every request."""
     slide = visible_slide(request, slide_id)
     run, findings = services.slide_findings(slide)
+    reader = request.user if blinded_for(request.user, slide.case) else None
+    key = _findings_cache_key(slide, run, findings, reader)
+    body = cache.get(key)
+    if body is None:
+        body = json.dumps(_findings_payload(run, findings, request.user, slide), cls=JSON)
+        cache.set(key, body, FINDINGS_CACHE_SECONDS)
+    return HttpResponse(body, content_type="application/json")
+
+
+FINDINGS_CACHE_SECONDS = 3600
+
+
+def _findings_cache_key(slide, run, findings, reader) -> str:
+    shown = findings.aggregate(count=Count("pk"), newest=Max("pk"))
+    parts = [slide.pk, run.pk if run else 0, shown["count"], shown["newest"]]
+    if reader is not None:
+        decided = Finding.objects.filter(slide=slide, decisions__reviewer=reader).aggregate(
+            count=Count("decisions"), newest=Max("decisions")
+        )
+        parts += [reader.pk, decided["count"], decided["newest"]]
+    return "findings:" + ":".join(str(part) for part in parts)
+
+
+def _findings_payload(run, findings, user, slide) -> dict:
     rows = list(
-        ordered(findings, request.user, slide.case).values_list(
+        ordered(findings, user, slide.case).values_list(
             "pk",
             "x",
             "y",
@@ -122,25 +155,23 @@ def slide_findings(request, slide_id: int):
     for name in ("x", "y", "x0", "y0", "x1", "y1"):
         data[name] = [round(v, 1) for v in data[name]]
     data["score"] = [None if v is None else round(v, 4) for v in data["score"]]
-    hidden = hidden_finding_ids(request.user, slide)
+    hidden = hidden_finding_ids(user, slide)
     for i, finding_id in enumerate(data["id"]):  # reader study: hidden until decided
         if finding_id in hidden:
             data["score"][i], data["phase"][i] = None, "hidden"
-    return JsonResponse(
-        {
-            "run": None
-            if run is None
-            else {
-                "id": run.pk,
-                "detector": str(run.detector),
-                "classifier": str(run.classifier),
-                "score_threshold": run.detector.spec.get("score_threshold", 0.5),
-                "finished_at": run.finished_at,
-            },
-            "findings": data,
-            "blinded": blinded_for(request.user, slide.case),
-        }
-    )
+    return {
+        "run": None
+        if run is None
+        else {
+            "id": run.pk,
+            "detector": str(run.detector),
+            "classifier": str(run.classifier),
+            "score_threshold": run.detector.spec.get("score_threshold", 0.5),
+            "finished_at": run.finished_at,
+        },
+        "findings": data,
+        "blinded": blinded_for(user, slide.case),
+    }
 
 
 def _visible_finding(request, finding_id: int) -> Finding:

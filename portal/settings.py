@@ -127,6 +127,15 @@ RQ_QUEUES = {
     )
 }
 
+# Each process's own memory: the viewer's findings of recently opened slides (keyed by
+# what they show, so never stale; see inference.views.slide_findings).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "OPTIONS": {"MAX_ENTRIES": 64},
+    }
+}
+
 # Enqueue at once; code that must wait for its transaction says so with on_commit.
 # Every `manage.py rqworker` runs portal.workers.Worker (RQ's, heartbeating often enough).
 RQ = {"COMMIT_MODE": "auto", "WORKER_CLASS": "portal.workers.Worker"}

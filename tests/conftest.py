@@ -15,6 +15,15 @@ from inference.tools.synth import generate_slide
 PASSWORD = "correct-horse-battery"
 
 
+@pytest.fixture(autouse=True)
+def empty_cache():
+    """Each test starts with an empty memory cache (SQLite reuses the ids a rolled-back
+    test used, so keys made of ids could meet another test's entries)."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     """The CI's Redis (REDIS_URL), or the embedded redis-server the demo uses."""
