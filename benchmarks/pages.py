@@ -40,6 +40,7 @@ def setup(cases: int, findings: int):
     from inference.tools.synth import generate_slide
 
     call_command("migrate", verbosity=0)
+    call_command("collectstatic", interactive=False, verbosity=0)  # as production serves
     user = User.objects.create_user("reader", password="x")
     user.groups.add(Group.objects.get(name="pathologist"))
     patient = Patient.objects.create(external_ref="BENCH")
