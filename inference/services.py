@@ -7,7 +7,7 @@ import contextlib
 
 import django_rq
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, Max, Q
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -233,6 +233,18 @@ def slide_findings(slide):
     if run is not None:
         shown |= Q(run=run)
     return run, Finding.objects.filter(shown, slide=slide)
+
+
+REVISION_CACHE_SECONDS = 3600  # how long what is cached by findings_revision is kept
+
+
+def findings_revision(slide) -> str:
+    """What the slide shows, in a few numbers (the shown run, how many findings and the
+    newest): a new run or finding changes it, and findings never change once stored, so
+    what is cached under it is never stale."""
+    run, findings = slide_findings(slide)
+    shown = findings.aggregate(count=Count("pk"), newest=Max("pk"))
+    return f"{slide.pk}:{run.pk if run else 0}:{shown['count']}:{shown['newest']}"
 
 
 def slide_hpf(slide) -> tuple[HpfMap | None, dict | None]:

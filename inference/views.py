@@ -110,28 +110,24 @@ def slide_findings(request, slide_id: int):
     a new run, finding or decision makes a new entry and nothing is ever invalidated by
     hand; the permission check runs on every request."""
     slide = visible_slide(request, slide_id)
-    run, findings = services.slide_findings(slide)
     reader = request.user if blinded_for(request.user, slide.case) else None
-    key = _findings_cache_key(slide, run, findings, reader)
+    key = _findings_cache_key(slide, reader)  # first: a body can only be newer than its key
     body = cache.get(key)
     if body is None:
+        run, findings = services.slide_findings(slide)
         body = json.dumps(_findings_payload(run, findings, request.user, slide), cls=JSON)
-        cache.set(key, body, FINDINGS_CACHE_SECONDS)
+        cache.set(key, body, services.REVISION_CACHE_SECONDS)
     return HttpResponse(body, content_type="application/json")
 
 
-FINDINGS_CACHE_SECONDS = 3600
-
-
-def _findings_cache_key(slide, run, findings, reader) -> str:
-    shown = findings.aggregate(count=Count("pk"), newest=Max("pk"))
-    parts = [slide.pk, run.pk if run else 0, shown["count"], shown["newest"]]
-    if reader is not None:
-        decided = Finding.objects.filter(slide=slide, decisions__reviewer=reader).aggregate(
-            count=Count("decisions"), newest=Max("decisions")
-        )
-        parts += [reader.pk, decided["count"], decided["newest"]]
-    return "findings:" + ":".join(str(part) for part in parts)
+def _findings_cache_key(slide, reader) -> str:
+    key = f"findings:{services.findings_revision(slide)}"
+    if reader is None:
+        return key
+    decided = Finding.objects.filter(slide=slide, decisions__reviewer=reader).aggregate(
+        count=Count("decisions"), newest=Max("decisions")
+    )
+    return f"{key}:{reader.pk}:{decided['count']}:{decided['newest']}"
 
 
 def _findings_payload(run, findings, user, slide) -> dict:

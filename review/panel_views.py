@@ -42,7 +42,7 @@ def review_state(request, slide_id: int):
     slide = visible_slide(request, slide_id)
     case = slide.case
     _, findings = ai.slide_findings(slide)
-    mine = review.current_decisions(findings, request.user).select_related("reviewer")
+    mine = review.reviewer_decisions(findings, slide, request.user).select_related("reviewer")
     return JsonResponse(
         {
             "can_decide": review.may_review(request.user, case)

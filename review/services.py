@@ -5,9 +5,10 @@ Every change here is recorded in the audit log in the same transaction.
 
 from __future__ import annotations
 
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Max, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 
 from cases import audit
@@ -57,6 +58,17 @@ def current_decisions(findings: QuerySet, reviewer=None) -> QuerySet:
         decisions = decisions.filter(reviewer=reviewer)
     latest = decisions.values("finding", "reviewer").annotate(last=Max("id")).values("last")
     return Decision.objects.filter(pk__in=latest)
+
+
+def reviewer_decisions(findings: QuerySet, slide: Slide, reviewer) -> QuerySet:
+    """The reviewer's current decision on each of ``findings`` (some of ``slide``'s), found
+    from the reviewer's own decisions on the slide: a few rows to group, however many
+    findings the slide has (current_decisions starts from the findings)."""
+    mine = Decision.objects.filter(reviewer=reviewer, finding__slide=slide)
+    latest = mine.values("finding").annotate(last=Max("id")).values("last")
+    return Decision.objects.filter(
+        pk__in=latest, finding__in=findings.filter(pk__in=mine.values("finding"))
+    )
 
 
 def latest_decisions(findings: QuerySet, reviewer=None) -> dict[int, Decision]:
@@ -186,14 +198,18 @@ def review_progress(slide: Slide, reviewer) -> dict[str, int]:
     added ones, or every AI finding for a blinded reader (inference.blinding); of those
     decisions, how many were carried from an earlier run, and how many decided findings of
     earlier runs the latest run did not find again (kept, shown "from run N")."""
-    to_review = ai.findings_to_review(slide, reviewer)
-    mine = current_decisions(to_review, reviewer)
-    return {
-        "decided": mine.count(),
-        "total": to_review.count(),
-        "carried": mine.exclude(carried_from=None).count(),
-        "kept": to_review.filter(kept=True).count(),
-    }
+    key = f"review-totals:{ai.findings_revision(slide)}:{int(blinded_for(reviewer, slide.case))}"
+    to_review = ai.findings_to_review(slide, reviewer)  # after the key: never older than it
+    mine = reviewer_decisions(to_review, slide, reviewer).aggregate(
+        decided=Count("pk"), carried=Count("pk", filter=Q(carried_from__isnull=False))
+    )
+    # The totals change only with the findings shown (findings never change once stored):
+    # kept per what the slide shows and whether the reader is blinded.
+    totals = cache.get(key)
+    if totals is None:
+        totals = to_review.aggregate(total=Count("pk"), kept=Count("pk", filter=Q(kept=True)))
+        cache.set(key, totals, ai.REVISION_CACHE_SECONDS)
+    return {**mine, **totals}
 
 
 def sign_out(case: Case, user, final_count: int, final_grade: str, request=None) -> None:

@@ -68,3 +68,27 @@ def test_blinded_readers_each_see_their_own_reveals(
     assert set(columns(other, reviewed_slide)["findings"]["phase"]) == {"hidden"}
     assert columns(admin, reviewed_slide) == everything  # all calls, unchanged
     assert "hidden" not in everything["findings"]["phase"]
+
+
+@pytest.mark.django_db
+def test_review_progress_follows_added_mitoses_and_decisions(
+    client_for, pathologist, reviewed_slide
+):
+    client = client_for(pathologist)
+
+    def progress() -> dict:
+        return client.get(f"/slides/{reviewed_slide.pk}/review.json").json()["progress"]
+
+    before = progress()
+    assert before == {"decided": 0, "carried": 0, "total": before["total"], "kept": 0}
+    finding = Finding.objects.filter(slide=reviewed_slide).order_by("-score").first()
+    decided = client.post(f"/findings/{finding.pk}/decide/", {"verdict": "agree"})
+    assert decided.json()["progress"]["decided"] == 1 == progress()["decided"]
+    again = client.post(f"/findings/{finding.pk}/decide/", {"verdict": "disagree"})
+    assert again.status_code == 200 and progress()["decided"] == 1  # the latest counts once
+    client.post(
+        f"/slides/{reviewed_slide.pk}/findings/add/", {"x": 1500, "y": 1200, "phase": "anaphase"}
+    )
+    assert progress()["total"] == before["total"] + 1
+    decisions = client.get(f"/slides/{reviewed_slide.pk}/review.json").json()["decisions"]
+    assert decisions[str(finding.pk)]["verdict"] == "disagree" and len(decisions) == 1
