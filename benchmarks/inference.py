@@ -147,8 +147,9 @@ class PortalJobs:
         case = Case.objects.create(accession="BENCH-1", patient=patient)
         self.slide = register_slide(slide_path, case, slide_path.name)
 
-    def run_once(self) -> float:
-        """Queue an AI run, let a worker execute it, return RQ's started → ended seconds."""
+    def run_once(self) -> tuple[float, dict]:
+        """Queue an AI run, let a worker execute it; RQ's started → ended seconds and the
+        run's own stage timings."""
         from rq.job import Job
 
         from inference.models import InferenceRun
@@ -166,7 +167,7 @@ class PortalJobs:
         run.refresh_from_db()
         assert run.status == InferenceRun.Status.SUCCEEDED, run.error
         job = Job.fetch(run.job_id, connection=job_queue("inference").connection)
-        return (job.ended_at - job.started_at).total_seconds()
+        return (job.ended_at - job.started_at).total_seconds(), run.timings
 
     def close(self) -> None:
         self.redis.terminate()
@@ -201,10 +202,12 @@ def main():
         jobs = (
             PortalJobs(Path(tmp) / "portal", slide_path, device, args.workers) if args.job else None
         )
-        end_to_end, compute, stages, job_seconds = [], [], [], []
+        end_to_end, compute, stages, job_seconds, job_stages = [], [], [], [], []
         for _ in tqdm(range(args.repeat), desc="alternating runs"):
             if jobs:
-                job_seconds.append(jobs.run_once())
+                seconds, timings = jobs.run_once()
+                job_seconds.append(seconds)
+                job_stages.append(timings)
             start = time.perf_counter()
             result = run_slide(
                 slide_path,
@@ -262,6 +265,10 @@ def main():
         )
     for seconds in stages:
         print(f"stage seconds: { {k: round(v, 2) for k, v in seconds.items()} }")
+    for seconds, timings in zip(job_seconds, job_stages, strict=True):
+        parts = ("total", "mil", "store", "hpf_map")  # run_slide's total, then the job's own
+        rest = seconds - sum(timings.get(k, 0) for k in parts)
+        print(f"job {seconds:.2f} s: run timings {timings}, not in them {rest:.2f} s")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> 
     try:
         progress = RunProgress(run_id, echo)
         result = _infer(run, device, progress)
+        started = time.perf_counter()
         _mil(run, progress)
+        result.stats["seconds"]["mil"] = time.perf_counter() - started
     except RunCancelled:
         _finish(run_id, InferenceRun.Status.CANCELLED, error="Cancelled while running.")
         return {"cancelled": True}
@@ -128,6 +130,7 @@ def _record_domain(run_id: int, domain: dict | None) -> None:
 
 
 def _store(run: InferenceRun, result) -> None:
+    started = time.perf_counter()
     findings = [
         Finding(
             slide_id=run.slide_id,
@@ -169,17 +172,21 @@ def _store(run: InferenceRun, result) -> None:
             "dropped_off_slide": stats["dropped_off_slide"],
             "dropped_off_tissue": stats["dropped_off_tissue"],
         }
-        locked.timings = {k: round(v, 3) for k, v in stats["seconds"].items()}
         locked.device = stats["device"]
         for _, counts in run_succeeded.send(sender=InferenceRun, run=locked):
             locked.counts.update(counts or {})
+        stats["seconds"]["store"] = time.perf_counter() - started  # with decisions carried
+        locked.timings = {k: round(v, 3) for k, v in stats["seconds"].items()}
         locked.save()
         _audit_finish(locked)
         _case_status_changed(run)
+    started = time.perf_counter()
     try:
         compute_ai_map(locked)
     except Exception:  # the findings stand; the map can be recomputed with manage.py hpf
         log.exception("HPF map of run %s failed", run.pk)
+    locked.timings["hpf_map"] = round(time.perf_counter() - started, 3)
+    InferenceRun.objects.filter(pk=run.pk).update(timings=locked.timings)
 
 
 def _mil(run: InferenceRun, progress: RunProgress) -> None:

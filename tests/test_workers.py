@@ -59,3 +59,5 @@ def test_a_forking_worker_with_preloaded_models_finishes_runs(
     for run in runs:
         run.refresh_from_db()
         assert run.status == InferenceRun.Status.SUCCEEDED, run.error
+        # where the job's time went beyond the slide pass (the run's API record has it)
+        assert {"total", "mil", "store", "hpf_map"} <= set(run.timings), run.timings
