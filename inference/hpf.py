@@ -11,7 +11,7 @@ from cases.services import shared_slide
 
 from .domain import run_domain
 from .engine.hpf import LOWER_BARS, HpfResult, hotspot_cell, hpf_counts, window_rectangle
-from .engine.tissue import detect_tissue
+from .engine.tissue import TissueMask, detect_tissue
 from .engine.vocabulary import MITOTIC_PHASES
 from .grading import UNITS, grade
 from .models import HpfMap, InferenceRun
@@ -54,14 +54,16 @@ def _save(
     return hpf_map
 
 
-def compute_ai_map(run: InferenceRun) -> HpfMap:
-    """The AI count map of a successful run (tissue from the slide's thumbnail)."""
+def compute_ai_map(run: InferenceRun, tissue: TissueMask | None = None) -> HpfMap:
+    """The AI count map of a successful run, on ``tissue`` (the mask the run was found on)
+    or on the slide's tissue detected again from its thumbnail."""
     slide = run.slide
     if not slide.mpp:
         raise MissingScale(f"{slide.original_name} has no µm/px; an admin must set it")
     points = _points(counted_ai_findings(run))
-    with shared_slide(slide) as opened:
-        tissue = detect_tissue(opened)
+    if tissue is None:
+        with shared_slide(slide) as opened:
+            tissue = detect_tissue(opened)
     result = hpf_counts(
         points,
         (slide.width, slide.height),

@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from cases.services import record_audit
 from slides import open_slide
 
-from .engine.tissue import detect_tissue
+from .engine.tissue import TissueMask
 from .engine.vocabulary import MITOTIC_PHASES
 from .hpf import compute_ai_map
 from .models import Finding, InferenceRun, MilMap, ModelVersion
@@ -88,7 +88,7 @@ def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> 
         progress = RunProgress(run_id, echo)
         result = _infer(run, device, progress)
         started = time.perf_counter()
-        _mil(run, progress)
+        _mil(run, progress, result.tissue)
         result.stats["seconds"]["mil"] = time.perf_counter() - started
     except RunCancelled:
         _finish(run_id, InferenceRun.Status.CANCELLED, error="Cancelled while running.")
@@ -182,15 +182,16 @@ def _store(run: InferenceRun, result) -> None:
         _case_status_changed(run)
     started = time.perf_counter()
     try:
-        compute_ai_map(locked)
+        compute_ai_map(locked, result.tissue)
     except Exception:  # the findings stand; the map can be recomputed with manage.py hpf
         log.exception("HPF map of run %s failed", run.pk)
     locked.timings["hpf_map"] = round(time.perf_counter() - started, 3)
     InferenceRun.objects.filter(pk=run.pk).update(timings=locked.timings)
 
 
-def _mil(run: InferenceRun, progress: RunProgress) -> None:
-    """Attention-MIL over the slide with the active MIL model, when there is one."""
+def _mil(run: InferenceRun, progress: RunProgress, tissue: TissueMask) -> None:
+    """Attention-MIL over the slide's ``tissue`` with the active MIL model, when there is
+    one."""
     from .engine.mil import slide_attention
 
     version = ModelVersion.objects.filter(task=ModelVersion.Task.MIL, is_active=True).first()
@@ -199,7 +200,7 @@ def _mil(run: InferenceRun, progress: RunProgress) -> None:
     progress("mil", 0.0)
     model, _ = loaded_version(version)
     with open_slide(run.slide.path) as slide:
-        result = slide_attention(slide, model, detect_tissue(slide), run.slide.mpp_override)
+        result = slide_attention(slide, model, tissue, run.slide.mpp_override)
     MilMap.objects.update_or_create(
         run=run,
         defaults={

@@ -146,3 +146,16 @@ def test_hpf_json_and_heatmap_image_respect_permissions(
     for address in (url, data["grid"]["image_url"]):
         response = other.get(address)
         assert response.status_code == 404 and b"count_per" not in response.content
+
+
+def test_a_runs_map_is_counted_on_the_tissue_it_was_found_on(finished_run):
+    """The job hands the run's tissue mask to the map (and to MIL) instead of detecting it
+    twice more: the same map as detecting it again."""
+    from inference.hpf import compute_ai_map
+    from inference.models import HpfMap
+
+    stored = HpfMap.objects.get(run=finished_run, basis=HpfMap.Basis.AI)
+    tissue, counts = stored.tissue, stored.counts
+    again = compute_ai_map(finished_run)  # detects the slide's tissue from its thumbnail
+    assert again.tissue == tissue and again.counts == counts
+    assert {"mil", "hpf_map"} <= set(finished_run.timings)

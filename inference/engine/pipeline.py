@@ -26,11 +26,13 @@ ProgressFn = Callable[[str, float], None]
 
 @dataclass
 class SlideResult:
-    """Findings (level-0 px) and run statistics of one slide."""
+    """Findings (level-0 px) and run statistics of one slide, and the tissue mask they
+    were found on (for the job's later steps, which need the same mask)."""
 
     findings: list[dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
     domain_features: np.ndarray | None = None
+    tissue: TissueMask | None = None
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -206,6 +208,7 @@ def run_slide(
         _finding_dicts(findings, probs, detector, classifier),
         stats,
         features if keep_domain_features else None,
+        tissue,
     )
 
 
