@@ -103,6 +103,12 @@ def _granted_tile_source(request, slide_id: int) -> deepzoom.TileSource | None:
     source = deepzoom.tile_grants.get(cookie, slide_id)
     if source is not None:
         return source
+    return _checked_tile_source(request, slide_id)
+
+
+def _checked_tile_source(request, slide_id: int) -> deepzoom.TileSource | None:
+    """The full check (session, user, assignment), remembered as a fresh grant; None for a
+    signed-out visitor, 404 for a slide the user may not see."""
     if not request.user.is_authenticated:
         return None
     slide = _tile_slide(request, slide_id)
@@ -146,10 +152,11 @@ def slide_tile(request, slide_id: int, level: int, col: int, row: int):
 def slide_tile_grant(request, slide_id: int):
     """For the front web server's auth_request (deploy/nginx.conf): 200 with the slide's
     tile-cache folder when this session may see the slide's tiles, which the server then
-    sends itself and may trust for TILE_GRANT_SECONDS, as the grant cache does; 403
-    otherwise (never cached there: the portal then answers the tile request itself)."""
+    sends itself and may trust for TILE_GRANT_SECONDS from this full check (never from
+    an older grant); 403 otherwise (never cached there: the portal then answers the tile
+    request itself)."""
     try:
-        source = _granted_tile_source(request, slide_id)
+        source = _checked_tile_source(request, slide_id)
     except Http404:
         source = None
     if source is None:

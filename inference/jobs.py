@@ -77,12 +77,14 @@ def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> 
         return {"skipped": run.status}
     device = pick_device(settings.INFERENCE_DEVICE or None)
     with transaction.atomic():
-        InferenceRun.objects.filter(pk=run_id).update(
+        started = InferenceRun.objects.filter(pk=run_id, status=InferenceRun.Status.QUEUED)
+        if not started.update(
             status=InferenceRun.Status.RUNNING,
             started_at=timezone.now(),
             device=str(device),
             stage="",
-        )
+        ):  # cancelled since it was read
+            return {"skipped": InferenceRun.objects.get(pk=run_id).status}
         _case_status_changed(run)
     try:
         progress = RunProgress(run_id, echo)

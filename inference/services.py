@@ -194,20 +194,24 @@ def refresh_case_status(case_id: int) -> None:
         Case.Status.AI_RUNNING,
         Case.Status.AWAITING_REVIEW,
     }
-    if not Case.objects.filter(pk=case_id, status__in=automatic).exists():
-        return
-    statuses = set(
-        InferenceRun.objects.filter(slide__case_id=case_id).values_list("status", flat=True)
-    )
-    if InferenceRun.Status.RUNNING in statuses:
-        new = Case.Status.AI_RUNNING
-    elif InferenceRun.Status.QUEUED in statuses:
-        new = Case.Status.AI_QUEUED
-    elif InferenceRun.Status.SUCCEEDED in statuses:
-        new = Case.Status.AWAITING_REVIEW
-    else:
-        new = Case.Status.REGISTERED
-    change_status(case_id, new, automatic, "the state of its slides' AI runs")
+    with transaction.atomic():
+        # The case first, then its runs: of two runs of a case ending at once, the second
+        # to lock reads the first one's committed status, so the last word is right.
+        locked = Case.objects.select_for_update().filter(pk=case_id, status__in=automatic)
+        if locked.first() is None:
+            return
+        statuses = set(
+            InferenceRun.objects.filter(slide__case_id=case_id).values_list("status", flat=True)
+        )
+        if InferenceRun.Status.RUNNING in statuses:
+            new = Case.Status.AI_RUNNING
+        elif InferenceRun.Status.QUEUED in statuses:
+            new = Case.Status.AI_QUEUED
+        elif InferenceRun.Status.SUCCEEDED in statuses:
+            new = Case.Status.AWAITING_REVIEW
+        else:
+            new = Case.Status.REGISTERED
+        change_status(case_id, new, automatic, "the state of its slides' AI runs")
 
 
 def visible_findings(user):
@@ -240,8 +244,10 @@ REVISION_CACHE_SECONDS = 3600  # how long what is cached by findings_revision is
 
 def findings_revision(slide) -> str:
     """What the slide shows, in a few numbers (the shown run, how many findings and the
-    newest): a new run or finding changes it, and findings never change once stored, so
-    what is cached under it is never stale."""
+    newest): a new run or finding changes it. A stored finding's position and AI call never
+    change, and its ``kept`` flag changes only in the transaction that makes a new run
+    the shown one (review.carry), which changes the shown run: so what is cached under
+    it is never stale."""
     run, findings = slide_findings(slide)
     shown = findings.aggregate(count=Count("pk"), newest=Max("pk"))
     return f"{slide.pk}:{run.pk if run else 0}:{shown['count']}:{shown['newest']}"

@@ -61,12 +61,15 @@ def test_a_granted_session_gets_rendered_tiles_from_disk(
     cached.write_bytes(b"\xff\xd8 from the tile cache")
     session = session_of(client, pathologist)
     url = f"/slides/{slide.pk}_files/11/0_0.jpeg"
+    django_etag = deepzoom.tile_etag(slide.sha256, 11, 0, 0)
     for _ in range(2):  # the second with the grant nginx kept
         status, headers, body = get(url, session)
         assert status == 200 and body == b"\xff\xd8 from the tile cache"
         assert headers["Content-Type"] == "image/jpeg"
-        assert "private" in headers["Cache-Control"]
-        assert "Content-Security-Policy" not in headers  # nginx's answer, not Django's
+        assert headers["Cache-Control"] == "private, max-age=604800, immutable"
+        # sent by nginx from disk: its own ETag, not the portal's (which the portal's
+        # X-Accel-Redirect answer would carry)
+        assert headers["ETag"] != django_etag and "Content-Security-Policy" not in headers
 
     # Not rendered yet: the portal renders it, stores it, and sends it.
     status, headers, body = get(f"/slides/{slide.pk}_files/11/1_0.jpeg", session)

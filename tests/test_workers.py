@@ -13,12 +13,14 @@ from tests.conftest import subprocess_env
 
 
 def test_an_engine_worker_loads_the_active_models_before_its_jobs(shipped_models):
+    registry._loaded.cache_clear()
     preload(["inference"])
+    assert registry._loaded.cache_info().currsize == 3  # loaded by the preload itself
     active = ModelVersion.objects.filter(is_active=True)
     assert {v.task for v in active} == {"detector", "phase_classifier", "mil"}
     for version in active:  # the same objects a job's work horse inherits
-        assert loaded_version(version) is loaded_version(version)
-        assert loaded_version(version) is not None
+        assert loaded_version(version) is loaded_version(version) is not None
+    assert registry._loaded.cache_info().misses == 3  # nothing loaded after the preload
 
 
 def test_a_newly_activated_version_is_loaded_at_the_next_preload(shipped_models, tmp_path):
