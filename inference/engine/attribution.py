@@ -12,6 +12,7 @@ order, and IG with its convergence delta.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,11 +85,22 @@ GRAD_CAM_MIN_SIDE = 7  # a ResNet-50's layer4 at 224 px
 RESNET_STAGES = ("layer4", "layer3", "layer2", "layer1")
 
 
+_chosen_layers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def last_conv_block(module: nn.Module, input_px: int) -> tuple[str, nn.Module]:
     """The layer Grad-CAM explains: a ResNet's last stage whose output is at least 7 x 7
     at the network's input size (layer4 of a 224 px ResNet-50; layer3 of the shipped
     resnet8_os8; layer2 of a 64 px ResNet-10, whose layer4 is 2 x 2 and cannot point at a
-    figure), else the last Conv2d. Sides are measured, not assumed from the names."""
+    figure), else the last Conv2d. Sides are measured once per network and input size,
+    not assumed from the names."""
+    chosen = _chosen_layers.setdefault(module, {})
+    if input_px not in chosen:
+        chosen[input_px] = _grad_cam_layer(module, input_px)
+    return chosen[input_px]
+
+
+def _grad_cam_layer(module: nn.Module, input_px: int) -> tuple[str, nn.Module]:
     stages = [
         (name, getattr(module, name))
         for name in RESNET_STAGES
