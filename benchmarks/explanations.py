@@ -35,6 +35,7 @@ from captum.attr import (  # noqa: E402
     Saliency,
 )
 
+from benchmarks.machine import cpu_model  # noqa: E402
 from inference.engine.attribution import (  # noqa: E402
     METHODS,
     AttributionSettings,
@@ -110,14 +111,7 @@ def main():
         totals.append(total)
         mine_maps.append(sum(per_method.values()))
         anchor_maps.append(sum(plain.values()))
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        "?",
-    )
+    cpu = cpu_model()
     print(
         f"Machine: {os.cpu_count()} cores, {cpu}; torch {torch.__version__}, "
         f"{args.threads} threads; {platform.python_version()}"

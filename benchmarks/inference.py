@@ -40,6 +40,7 @@ import openslide  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from benchmarks.machine import cpu_model  # noqa: E402
 from inference.engine.model_io import load_classifier, load_detector  # noqa: E402
 from inference.engine.patches import PatchDataset, model_input, patch_grid  # noqa: E402
 from inference.engine.pipeline import run_slide  # noqa: E402
@@ -233,14 +234,7 @@ def main():
         if not args.skip_naive:
             seconds, n = naive(slide_path, detector, device)
             rows.append(("naive loop, no tissue mask", seconds, n))
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        "?",
-    )
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     print(
         f"Machine: {platform.node()}, {os.cpu_count()} cores, {cpu} {gpu}; torch "

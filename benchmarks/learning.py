@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_model  # noqa: E402
+
 HOLDOUT_SEEDS = (9501, 9502, 9503)
 REVIEW_SEEDS = tuple(range(9601, 9611))
 SHIPPED_SEEDS = (range(1001, 1061), range(8001, 8004), range(9001, 9006))
@@ -210,14 +212,7 @@ def machine() -> str:
     """CPU, cores, torch and its threads."""
     import torch
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        "?",
-    )
+    cpu = cpu_model()
     return (
         f"{platform.node()}, {os.cpu_count()} cores, {cpu}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; device {os.environ.get('INFERENCE_DEVICE') or 'auto'}"

@@ -21,17 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import cpu_model  # noqa: E402
 from inference.tools import synth  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _rss_mib() -> float:
@@ -80,9 +71,7 @@ def main() -> None:
     parser.add_argument("--tracemalloc", action="store_true")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
-    print(
-        f"machine: {os.cpu_count()} CPU(s) (nproc {len(os.sched_getaffinity(0))}), {_cpu_model()}"
-    )
+    print(f"machine: {os.cpu_count()} CPU(s) (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}")
     print(f"python {platform.python_version()}, generator v{synth.GENERATOR_VERSION}")
     print(f"date: {datetime.date.today().isoformat()}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")

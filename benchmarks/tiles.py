@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_model  # noqa: E402
 from tests.front import front_command, nginx_command  # noqa: E402
 
 VIEW_COLS, VIEW_ROWS = 7, 4
@@ -366,9 +367,7 @@ def format_row(row, anchor: str, compared: tuple[str, ...]) -> str:
 
 
 def print_report(args, slide_path: Path, rows, rendering: dict) -> None:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), "?")
-    print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, {cpu}")
+    print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, {cpu_model()}")
     print(f"Python {platform.python_version()}; date: {time.strftime('%Y-%m-%d')}")
     print(
         f"Slide: {slide_path.name}; {args.requests} requests per run; "
@@ -382,24 +381,24 @@ def print_report(args, slide_path: Path, rows, rendering: dict) -> None:
         f"Pre-rendering: {rendering['tiles']} tiles in {rendering['seconds']:.1f} s, "
         f"{rendering['mib']:.1f} MiB on disk"
     )
-    print(
-        "\n| scenario | clients | baseline tiles/s | baseline p50 / p95 ms "
-        "| cold portal tiles/s | p50 / p95 ms | ÷ baseline "
-        "| pre-rendered portal tiles/s | p50 / p95 ms | ÷ baseline |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print_table(rows, "baseline", {"cold": "cold portal", "pre-rendered": "pre-rendered portal"})
+    if "nginx" in rows[0][2]:
+        compared = {
+            "pre-rendered": "pre-rendered portal (gunicorn)",
+            "portal behind nginx": "portal behind nginx",
+        }
+        print_table(rows, "nginx", compared)
+
+
+def print_table(rows, anchor: str, compared: dict[str, str]) -> None:
+    """A markdown table: the anchor's figures, then each compared server's (by its label)."""
+    header = ["scenario", "clients", f"{anchor} tiles/s", f"{anchor} p50 / p95 ms"]
+    for label in compared.values():
+        header += [f"{label} tiles/s", "p50 / p95 ms", f"÷ {anchor}"]
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for row in rows:
-        print(format_row(row, "baseline", ("cold", "pre-rendered")))
-    if "nginx" not in rows[0][2]:
-        return
-    print(
-        "\n| scenario | clients | nginx tiles/s | nginx p50 / p95 ms "
-        "| pre-rendered portal (gunicorn) tiles/s | p50 / p95 ms | ÷ nginx "
-        "| portal behind nginx tiles/s | p50 / p95 ms | ÷ nginx |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(format_row(row, "nginx", ("pre-rendered", "portal behind nginx")))
+        print(format_row(row, anchor, tuple(compared)))
 
 
 if __name__ == "__main__":
