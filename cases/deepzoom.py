@@ -244,12 +244,9 @@ def _render(opened: OpenedSlide, source: TileSource, level: int, col: int, row: 
 
 
 def render_tile(source: TileSource, level: int, col: int, row: int) -> bytes | None:
-    """The JPEG bytes of one Deep Zoom tile, or None when the address is out of range.
-    Raises TileUndecodable for a tile the file's data cannot give."""
-    try:
-        return tile_file(source.sha256, level, col, row).read_bytes()
-    except OSError:  # not rendered yet, or an unusable cache: render it
-        pass
+    """Render one Deep Zoom tile into the tile cache and return its JPEG bytes (the tile
+    view sends a tile already there as a file, without calling this); None when the
+    address is out of range. Raises TileUndecodable for a tile the file's data cannot give."""
     opened = handles.get(source.path)
     deepzoom = opened.deepzoom
     if not (0 <= level < deepzoom.level_count):
