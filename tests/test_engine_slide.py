@@ -17,6 +17,7 @@ from inference.engine.networks import build_classifier
 from inference.engine.patches import PatchDataset, patch_grid
 from inference.engine.pipeline import run_slide
 from inference.engine.tissue import detect_tissue, tissue_mask_from_rgb
+from inference.tools.synth import generate_slide
 from slides import MissingMppError, Scale, open_slide, read_region, slide_mpp
 
 WIDTH, HEIGHT = 1536, 1024
@@ -130,6 +131,35 @@ def test_blank_image_has_no_tissue_and_full_tissue_is_all_tissue() -> None:
     tissue = np.full((128, 128, 3), (225, 140, 190)) + noise
     tissue[40:60, 40:60] = (40, 20, 70)  # dark nuclei must not split the tissue in two
     assert tissue_mask_from_rgb(tissue.astype(np.uint8)).all()
+
+
+def test_pale_unsaturated_tissue_is_tissue_and_an_unscanned_black_area_is_not() -> None:
+    rng = np.random.default_rng(0)
+    image = np.full((128, 128, 3), (245, 242, 235)) + rng.integers(0, 4, (128, 128, 3))
+    image[20:70, 20:70] = (212, 200, 215)  # greyish lavender: HSV saturation 18 of 255
+    image[90:120, 90:120] = 0  # a scanner's unscanned corner
+    mask = tissue_mask_from_rgb(image.astype(np.uint8))
+    assert mask[22:68, 22:68].all()
+    assert not mask[90:120, 90:120].any()
+    assert mask.sum() == pytest.approx(50 * 50, rel=0.05)
+
+
+def test_every_mitosis_of_a_shifted_stain_slide_lies_on_tissue(tmp_path: Path) -> None:
+    # the shifted domain's bluer haematoxylin and pale eosin leave its tumour nearly as
+    # unsaturated as the glass: a saturation-only mask dropped half its mitoses
+    truth = generate_slide(
+        tmp_path / "shifted.tiff",
+        seed=9601,
+        size=(3000, 3000),
+        mitoses_per_mm2=100.0,
+        tumour_fraction=0.6,
+        domain="shifted",
+    )
+    with open_slide(tmp_path / "shifted.tiff") as slide:
+        tissue = detect_tissue(slide)
+    assert len(truth["mitoses"]) >= 5
+    for mitosis in truth["mitoses"]:
+        assert tissue.fraction(mitosis["x"] - 8, mitosis["y"] - 8, 16, 16) == 1.0, mitosis
 
 
 def test_patch_grid_skips_background(slide_path: Path) -> None:

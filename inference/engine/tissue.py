@@ -1,4 +1,5 @@
-"""Tissue detection on a slide thumbnail: HSV saturation, Otsu threshold, morphology."""
+"""Tissue detection on a slide thumbnail: HSV saturation (Otsu threshold) or optical density
+against the glass, then morphology."""
 
 from __future__ import annotations
 
@@ -67,24 +68,42 @@ def tissue_mask_from_rgb(
     *,
     min_saturation: int = 20,
     max_saturation: int = 50,
+    min_optical_density: float = 0.1,
     closing_px: int = 2,
     opening_px: int = 1,
     min_object_px: int = 32,
 ) -> NDArray[np.bool_]:
-    """Tissue mask of an RGB image: HSV saturation at or above its Otsu threshold, cleaned up.
+    """Tissue mask of an RGB image: pixels that are stained (HSV saturation at or above its
+    Otsu threshold) or absorb light (optical density against the glass at least
+    ``min_optical_density``), cleaned up.
 
-    The threshold is clipped to ``[min_saturation, max_saturation]`` (0-255) so that a
-    blank slide is not thresholded into noise and a slide covered in tissue is not split
-    into two kinds of tissue. Then closing and opening with disks of the given radii,
+    Saturation alone misses pale, greyish tissue (a bluer haematoxylin with little eosin
+    makes cellular tumour as unsaturated as the glass), so the optical density counts too.
+    The saturation threshold is clipped to ``[min_saturation, max_saturation]`` (0-255) so
+    that a blank slide is not thresholded into noise and a slide covered in tissue is not
+    split into two kinds of tissue. Then closing and opening with disks of the given radii,
     objects smaller than ``min_object_px`` pixels removed, holes filled.
     """
     saturation = np.asarray(Image.fromarray(rgb).convert("HSV"))[..., 1]
     threshold = np.clip(otsu_threshold(saturation), min_saturation, max_saturation)
-    mask = saturation >= threshold
+    mask = (saturation >= threshold) | (optical_density(rgb) >= min_optical_density)
     mask = _morphology(ndimage.binary_closing, mask, closing_px)
     mask = _morphology(ndimage.binary_opening, mask, opening_px)
     mask = _remove_small_objects(mask, min_object_px)
     return _fill_holes(mask)
+
+
+def optical_density(rgb: NDArray[np.uint8], dark: int = 64) -> NDArray[np.float64]:
+    """Optical density (summed over R, G, B) of each pixel against the glass, whose colour
+    is the median of the brightest 2 % of pixels. Near-black pixels (every channel below
+    ``dark``: a scanner's unscanned area, not stained tissue) get 0.
+    """
+    pixels = rgb.reshape(-1, 3)
+    brightness = pixels.sum(1, dtype=np.int32)
+    glass = np.median(pixels[brightness >= np.percentile(brightness, 98)], axis=0)
+    density = np.log10(np.maximum(glass, 1) / np.maximum(rgb, 1)).clip(min=0).sum(-1)
+    density[rgb.max(-1) < dark] = 0.0
+    return density
 
 
 def _disk(radius: int) -> NDArray[np.bool_]:
