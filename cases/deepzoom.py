@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 class BoundedDeepZoomGenerator(DeepZoomGenerator):
     """OpenSlide's DeepZoomGenerator, except that the tiles of Deep Zoom levels zoomed out
     past the slide's levels, whose source regions are larger than a chunk, are read in
-    chunks (same pixels: slides.io.downscaled_region)."""
+    chunks (same pixels: slides.io.downscaled_region), and that tiles of plain tiled TIFF
+    slides come straight from their decoded RGB pixels (same pixels, without OpenSlide's
+    RGBA region composited onto the background)."""
 
     def __init__(self, osr: openslide.AbstractSlide, *args, **kwargs) -> None:
         super().__init__(osr, *args, **kwargs)
@@ -46,13 +48,20 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
         self._chunked = {
             level for level in range(self.level_count) if self._largest_read(level) > CHUNK_PX**2
         }
+        self._read_rgb = osr.read_rgb if _reads_plain_rgb(osr) else None
 
     def get_tile(self, level: int, address: tuple[int, int]) -> Image.Image:
         """The RGB tile at ``address`` (col, row) of Deep Zoom ``level``."""
-        if level not in self._chunked:
-            return super().get_tile(level, address)
         (location, slide_level, size), tile_size = self._get_tile_info(level, address)
-        return downscaled_region(self._osr, location, slide_level, size, tile_size)
+        if level in self._chunked:
+            return downscaled_region(self._osr, location, slide_level, size, tile_size)
+        rgb = self._read_rgb(location, slide_level, size) if self._read_rgb else None
+        if rgb is None:
+            return super().get_tile(level, address)
+        tile = Image.fromarray(rgb)
+        if tile.size != tile_size:
+            tile.thumbnail(tile_size, Image.Resampling.LANCZOS)
+        return tile
 
     def _largest_read(self, level: int) -> int:
         """Pixels of the largest source region a tile of ``level`` reads: the first tile's
@@ -61,6 +70,18 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
         inner = (min(1, cols - 1), min(1, rows - 1))
         sizes = [self._get_tile_info(level, address)[0][2] for address in ((0, 0), inner)]
         return max(width * height for width, height in sizes)
+
+
+def _reads_plain_rgb(osr: openslide.AbstractSlide) -> bool:
+    """Whether the slide can hand over RGB regions that equal OpenSlide's composited onto
+    the Deep Zoom background: a TiledTiffSlide (white where there is no image) on a white
+    background, without a colour profile to attach."""
+    background = osr.properties.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR, "ffffff")
+    return (
+        isinstance(osr, TiledTiffSlide)
+        and background.lower() == "ffffff"
+        and getattr(osr, "color_profile", None) is None
+    )
 
 
 class TileUndecodable(Exception):

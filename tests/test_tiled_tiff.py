@@ -9,7 +9,9 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from openslide.deepzoom import DeepZoomGenerator
 
+from cases.deepzoom import BoundedDeepZoomGenerator
 from inference.engine.patches import PatchDataset, sharded_batches
 from slides import Scale, open_slide, read_region, thumbnail
 from slides.tiled_tiff import ABSENT, TileCache
@@ -88,6 +90,21 @@ def test_resampled_reads_match_openslide(tiled_tiff: Path) -> None:
         for origin in [(0, 0), (333, 517), (1000, 850)]:
             mine = np.asarray(read_region(ours, origin, (160, 160), scale))
             assert np.array_equal(mine, np.asarray(read_region(theirs, origin, (160, 160), scale)))
+
+
+def test_every_deep_zoom_tile_matches_openslides_generator(tiled_tiff: Path) -> None:
+    # tiles come from the decoded RGB pixels, not OpenSlide's RGBA composited on white
+    with open_slide(tiled_tiff) as ours, openslide.OpenSlide(tiled_tiff) as theirs:
+        mine = BoundedDeepZoomGenerator(ours, 254, 1, limit_bounds=False)
+        reference = DeepZoomGenerator(theirs, 254, 1, limit_bounds=False)
+        assert mine._read_rgb is not None and not mine._chunked
+        for level in range(mine.level_count):
+            cols, rows = mine.level_tiles[level]
+            for address in ((c, r) for c in range(cols) for r in range(rows)):
+                tile = mine.get_tile(level, address)
+                assert tile.mode == "RGB"
+                expected = np.asarray(reference.get_tile(level, address))
+                assert np.array_equal(np.asarray(tile), expected), (level, address)
 
 
 def test_patch_dataset_reads_the_same_pixels(tiled_tiff: Path) -> None:
