@@ -34,6 +34,12 @@ from slides.io import CHUNK_PX, downscaled_region
 
 log = logging.getLogger(__name__)
 
+# A tile that is not rendered yet is rendered with the other tiles of its block (a viewer
+# asks for its neighbours next): one read of their shared source region, at most
+# BLOCK_SOURCE_PX a side, for up to BLOCK_TILES x BLOCK_TILES tiles.
+BLOCK_TILES = 4
+BLOCK_SOURCE_PX = 1024
+
 
 class BoundedDeepZoomGenerator(DeepZoomGenerator):
     """OpenSlide's DeepZoomGenerator, except that the tiles of Deep Zoom levels zoomed out
@@ -49,6 +55,7 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
             level for level in range(self.level_count) if self._largest_read(level) > CHUNK_PX**2
         }
         self._read_rgb = osr.read_rgb if _reads_plain_rgb(osr) else None
+        self._block_sides = [self._block_side(level) for level in range(self.level_count)]
 
     def get_tile(self, level: int, address: tuple[int, int]) -> Image.Image:
         """The RGB tile at ``address`` (col, row) of Deep Zoom ``level``."""
@@ -62,6 +69,62 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
         if tile.size != tile_size:
             tile.thumbnail(tile_size, Image.Resampling.LANCZOS)
         return tile
+
+    def block(self, level: int, address: tuple[int, int]) -> list[tuple[int, int]]:
+        """The addresses of the aligned block of tiles of ``level`` that ``address`` is
+        rendered with (itself alone where its source cannot be read as one region)."""
+        side = self._block_sides[level]
+        cols, rows = self.level_tiles[level]
+        col0, row0 = address[0] // side * side, address[1] // side * side
+        return [
+            (col, row)
+            for row in range(row0, min(row0 + side, rows))
+            for col in range(col0, min(col0 + side, cols))
+        ]
+
+    def get_tiles(
+        self, level: int, addresses: list[tuple[int, int]]
+    ) -> dict[tuple[int, int], Image.Image] | None:
+        """The RGB tiles at ``addresses`` of ``level``, cut from one read of the source
+        region they share (each source tile decoded once, the same pixels as one by one);
+        None when that region cannot be read as plain RGB (read them one by one)."""
+        if self._read_rgb is None or level in self._chunked:
+            return None
+        infos = {address: self._get_tile_info(level, address) for address in addresses}
+        slide_level = next(iter(infos.values()))[0][1]
+        downsample = self._osr.level_downsamples[slide_level]
+        boxes = {}
+        for address, ((location, _, (width, height)), _) in infos.items():
+            x, y = location[0] / downsample, location[1] / downsample
+            if not (x.is_integer() and y.is_integer()):
+                return None
+            boxes[address] = (int(x), int(y), width, height)
+        left = min(x for x, _, _, _ in boxes.values())
+        top = min(y for _, y, _, _ in boxes.values())
+        right = max(x + w for x, _, w, _ in boxes.values())
+        bottom = max(y + h for _, y, _, h in boxes.values())
+        origin = (round(left * downsample), round(top * downsample))
+        region = self._read_rgb(origin, slide_level, (right - left, bottom - top))
+        if region is None:
+            return None
+        tiles = {}
+        for address, (x, y, width, height) in boxes.items():
+            tile = Image.fromarray(region[y - top : y - top + height, x - left : x - left + width])
+            tile_size = infos[address][1]
+            if tile.size != tile_size:
+                tile.thumbnail(tile_size, Image.Resampling.LANCZOS)
+            tiles[address] = tile
+        return tiles
+
+    def _block_side(self, level: int) -> int:
+        """Tiles a side of ``level``'s blocks: up to BLOCK_TILES, while a block's source
+        region stays within BLOCK_SOURCE_PX a side."""
+        if self._read_rgb is None or level in self._chunked:
+            return 1
+        cols, rows = self.level_tiles[level]
+        inner = (min(1, cols - 1), min(1, rows - 1))
+        source_side = max(self._get_tile_info(level, inner)[0][2])
+        return max(1, min(BLOCK_TILES, BLOCK_SOURCE_PX // source_side))
 
     def _largest_read(self, level: int) -> int:
         """Pixels of the largest source region a tile of ``level`` reads: the first tile's
@@ -253,21 +316,27 @@ def _tile_jpeg(path: Path, opened: OpenedSlide, level: int, col: int, row: int) 
         raise TileUndecodable(f"tile {col}_{row} of level {level}: {error}") from error
 
 
-def _render(opened: OpenedSlide, source: TileSource, level: int, col: int, row: int) -> bytes:
-    data = _tile_jpeg(source.path, opened, level, col, row)
+def _store_rendered(file: Path, data: bytes) -> None:
+    """Keep a rendered tile; a cache that cannot be written is reported once per process
+    (viewers still get their tiles)."""
     try:
-        _store(tile_file(source.sha256, level, col, row), data)
-    except TileCacheUnwritable as error:  # a viewer still gets the tile
-        if not _unwritable_cache_reported.is_set():  # once per process, not per tile
+        _store(file, data)
+    except TileCacheUnwritable as error:
+        if not _unwritable_cache_reported.is_set():
             _unwritable_cache_reported.set()
             log.warning("%s", error)
-    return data
+
+
+# Renders of one block wait for each other (striped: a bounded number of locks), so the
+# tiles of a block being rendered are not rendered again by the next requests for them.
+_block_locks = [threading.Lock() for _ in range(64)]
 
 
 def render_tile(source: TileSource, level: int, col: int, row: int) -> bytes | None:
-    """Render one Deep Zoom tile into the tile cache and return its JPEG bytes (the tile
-    view sends a tile already there as a file, without calling this); None when the
-    address is out of range. Raises TileUndecodable for a tile the file's data cannot give."""
+    """Render one Deep Zoom tile, with the tiles of its block not rendered yet, into the
+    tile cache and return its JPEG bytes (the tile view sends a tile already there as a
+    file, without calling this); None when the address is out of range. Raises
+    TileUndecodable for a tile the file's data cannot give."""
     opened = handles.get(source.path)
     deepzoom = opened.deepzoom
     if not (0 <= level < deepzoom.level_count):
@@ -275,7 +344,43 @@ def render_tile(source: TileSource, level: int, col: int, row: int) -> bytes | N
     cols, rows = deepzoom.level_tiles[level]
     if not (0 <= col < cols and 0 <= row < rows):
         return None
-    return _render(opened, source, level, col, row)
+    block = deepzoom.block(level, (col, row))
+    lock = _block_locks[hash((source.sha256, level, block[0])) % len(_block_locks)]
+    with lock:
+        with contextlib.suppress(OSError):  # rendered with its block meanwhile
+            return tile_file(source.sha256, level, col, row).read_bytes()
+        rendered = _render_block(opened, source, level, block, wanted=(col, row))
+        if (col, row) in rendered:
+            return rendered[(col, row)]
+        data = _tile_jpeg(source.path, opened, level, col, row)
+        _store_rendered(tile_file(source.sha256, level, col, row), data)
+        return data
+
+
+def _render_block(
+    opened: OpenedSlide,
+    source: TileSource,
+    level: int,
+    block: list[tuple[int, int]],
+    wanted: tuple[int, int] | None = None,
+    store: Callable[[Path, bytes], None] = _store_rendered,
+) -> dict[tuple[int, int], bytes]:
+    """Render the tiles of ``block`` not cached yet (``wanted`` whether cached or not) from
+    one read of their source and ``store`` them; their JPEG bytes, or nothing when the
+    block's source cannot be read as one region (render tiles one by one then)."""
+    missing = [
+        address
+        for address in block
+        if address == wanted or not os.path.isfile(tile_file(source.sha256, level, *address))
+    ]
+    tiles = opened.deepzoom.get_tiles(level, missing) if len(missing) > 1 else None
+    if tiles is None:
+        return {}
+    rendered = {}
+    for (col, row), image in tiles.items():
+        rendered[(col, row)] = data = encode_jpeg(image)
+        store(tile_file(source.sha256, level, col, row), data)
+    return rendered
 
 
 def pyramid_addresses(deepzoom: DeepZoomGenerator, skip_top: int = 0) -> list[tuple[int, int, int]]:
@@ -300,14 +405,20 @@ def prerender(
     skip_top: int = 0,
     progress: Callable[[Iterable], Iterable] = iter,
 ) -> Prerendered:
-    """Render the slide's tiles that are not cached yet, counting those that cannot be
-    decoded. Raises TileCacheUnwritable at the first tile it cannot store."""
-    deepzoom = handles.get(source.path).deepzoom
+    """Render the slide's tiles that are not cached yet, a block at a time, counting those
+    that cannot be decoded. Raises TileCacheUnwritable at the first tile it cannot store."""
+    opened = handles.get(source.path)
     rendered = undecodable = 0
-    for level, col, row in progress(pyramid_addresses(deepzoom, skip_top)):
+    for level, col, row in progress(pyramid_addresses(opened.deepzoom, skip_top)):
         file = tile_file(source.sha256, level, col, row)
         if file.exists():
             continue
+        block = opened.deepzoom.block(level, (col, row))
+        if (col, row) == block[0]:  # a block's first tile renders the block
+            done = _render_block(opened, source, level, block, store=_store)
+            if done:
+                rendered += len(done)
+                continue
         try:
             data = _tile_jpeg(source.path, handles.get(source.path), level, col, row)
         except TileUndecodable as error:

@@ -1,6 +1,7 @@
 """The shared tile cache on disk, pre-rendering, pruning, and the per-session tile grants."""
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -8,6 +9,7 @@ from django.core.management import CommandError, call_command
 from cases import deepzoom, tiles
 from cases.models import CaseAssignment, Slide
 from tests.conftest import run_worker_burst
+from tests.test_tiles import expected_tile
 
 
 @pytest.fixture
@@ -63,6 +65,36 @@ def test_a_front_web_server_sends_rendered_tiles_after_the_permission_check(
     assert "private" in again["Cache-Control"]
     refused = client_for(other_pathologist).get(url)
     assert refused.status_code == 404 and "X-Accel-Redirect" not in refused
+
+
+@pytest.mark.django_db
+def test_a_cold_tile_renders_its_block_with_it(slide, tile_dir):
+    generator = deepzoom.handles.get(slide.path).deepzoom
+    top = generator.level_count - 1
+    block = generator.block(top, (5, 2))
+    assert block[0] == (4, 0) and len(block) == 16  # 4 x 4 tiles, aligned
+    data = deepzoom.render_tile(source_of(slide), top, 5, 2)
+    assert data == expected_tile(slide.path, top, 5, 2)
+    for col, row in block:  # every one as OpenSlide's generator gives it
+        cached = deepzoom.tile_file(slide.sha256, top, col, row).read_bytes()
+        assert cached == expected_tile(slide.path, top, col, row), (col, row)
+    assert not deepzoom.tile_file(slide.sha256, top, 3, 0).exists()  # the next block's
+
+
+@pytest.mark.django_db
+def test_a_block_asked_for_by_many_viewers_at_once_is_rendered_once(slide, tile_dir, monkeypatch):
+    encoded = []
+    encode = deepzoom.encode_jpeg
+    monkeypatch.setattr(deepzoom, "encode_jpeg", lambda image: encoded.append(1) or encode(image))
+    top = deepzoom.handles.get(slide.path).deepzoom.level_count - 1
+    addresses = [(col, row) for col in range(4) for row in range(4)] * 2
+    with ThreadPoolExecutor(8) as pool:
+        tiles = list(pool.map(lambda a: deepzoom.render_tile(source_of(slide), top, *a), addresses))
+    assert len(encoded) == 16
+    assert tiles[:16] == tiles[16:]
+    assert all(
+        t == expected_tile(slide.path, top, *a) for t, a in zip(tiles, addresses, strict=True)
+    )
 
 
 @pytest.mark.django_db
