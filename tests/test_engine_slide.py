@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from inference.engine.detect import Detections
-from inference.engine.model_io import CLASSIFIER_DEFAULTS, ModelSpec, PhaseClassifier
+from inference.engine.model_io import (
+    CLASSIFIER_DEFAULTS,
+    ModelSpec,
+    PhaseClassifier,
+    load_classifier,
+    load_detector,
+)
 from inference.engine.networks import build_classifier
 from inference.engine.patches import PatchDataset, patch_grid
 from inference.engine.pipeline import run_slide
@@ -24,6 +30,7 @@ WIDTH, HEIGHT = 1536, 1024
 BLOB = (300, 200, 1100, 800)  # x0, y0, x1, y1 of the pink tissue rectangle (level 0)
 DOTS = [(420.5, 330.5), (700.5, 512.5), (1013.5, 701.5)]  # dark nuclei centres, level-0 px
 DOT_RADIUS = 6
+SHIPPED = Path(__file__).resolve().parent.parent / "models"
 
 
 def _slide_pixels() -> np.ndarray:
@@ -226,3 +233,22 @@ def test_run_slide_reports_level0_coordinates(
 def test_run_slide_without_mpp_fails_clearly(slide_without_mpp: Path) -> None:
     with pytest.raises(MissingMppError):
         run_slide(slide_without_mpp, DarkestSpotDetector(), device="cpu", num_workers=0)
+
+
+def test_each_finding_gets_its_own_crops_phase_with_parallel_readers(synthetic_slide) -> None:
+    # readers deliver batches in their own order: each crop's phase must still go to the
+    # finding it was cut around (they went to other findings' rows before)
+    detector = load_detector(SHIPPED / "mitolens-detector-1.0.pt")
+    classifier = load_classifier(SHIPPED / "mitolens-phase-1.1.pt")
+    runs = [
+        run_slide(
+            synthetic_slide, detector, classifier, device="cpu", batch_size=2, num_workers=workers
+        ).findings
+        for workers in (0, 2)
+    ]
+    assert len(runs[0]) >= 8  # several batches for each reader
+    for alone, parallel in zip(*runs, strict=True):
+        assert (alone["x"], alone["y"]) == (parallel["x"], parallel["y"])
+        assert alone["phase"] == parallel["phase"]
+        for phase, probability in alone["phase_probs"].items():
+            assert parallel["phase_probs"][phase] == pytest.approx(probability, abs=1e-5)

@@ -82,17 +82,18 @@ class _Run:
 
     def batches(
         self, dataset: PatchDataset, stage: str
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (float [0, 1] images on the device, origins), timing waits as
-        ``<stage>_read_wait`` and reporting progress for ``stage``."""
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
+        """Yield (float [0, 1] images on the device, origins, their dataset indices),
+        timing waits as ``<stage>_read_wait`` and reporting progress for ``stage``. Batches
+        come in the readers' order, not the dataset's (see patches.sharded_batches)."""
         loader = self.loader(dataset)
         iterator = iter(loader)
         self.progress(stage, 0.0)
-        for i in range(len(loader)):
+        for i, indices in enumerate(loader.batch_sampler):
             with self.timer.section(f"{stage}_read_wait"):
                 images, origins = next(iterator)
                 images = model_input(images, self.device)
-            yield images, origins
+            yield images, origins, indices
             self.progress(stage, (i + 1) / len(loader))
         dataset.close()
         self.progress(stage, 1.0)
@@ -263,7 +264,7 @@ def _detect(
     seen: list[np.ndarray] = [np.zeros((0, 2), np.int64)]
     scale = (dataset.scale.x, dataset.scale.y)
     with torch.inference_mode():
-        for images, origins in run.batches(dataset, "detect"):
+        for images, origins, _ in run.batches(dataset, "detect"):
             seen.append(origins.numpy())
             with run.timer.section("detect_compute"), run.autocast():
                 per_patch = detector(images, score_threshold)
@@ -287,12 +288,12 @@ def _classify(
     half = np.array([spec.patch_px * scale.x / 2, spec.patch_px * scale.y / 2])
     origins = np.round(findings.centers().numpy() - half).astype(np.int64)
     dataset = PatchDataset(slide_path, origins, spec.patch_px, scale)
-    chunks = [torch.zeros(0, len(spec.class_names))]
+    probs = torch.zeros(len(dataset), len(spec.class_names))
     with torch.inference_mode():
-        for images, _ in run.batches(dataset, "classify"):
+        for images, _, indices in run.batches(dataset, "classify"):
             with run.autocast():
-                chunks.append(classifier(images).float().cpu())
-    return torch.cat(chunks)
+                probs[indices] = classifier(images).float().cpu()
+    return probs
 
 
 def _finding_dicts(
