@@ -13,10 +13,10 @@ Scenarios:
   unique   every tile of the top levels is requested exactly once, shuffled and
            split between clients: no tile is ever asked for twice.
 
-With nginx on PATH (Debian: apt-get install nginx-light) two more servers run: nginx
+With nginx on PATH (Debian: apt-get install nginx-light) three more servers run: nginx
 sending the pre-rendered tile files itself (the static-file anchor, no authentication),
 and the portal as compose deploys it, behind deploy/nginx.conf with TILE_ACCEL_REDIRECT
-(Django checks the session, nginx sends the file).
+(Django checks the session, nginx sends the file), pre-rendered and cold.
 
 Usage: python benchmarks/tiles.py [--slide PATH | --size 16000x12000] [--clients 1,4,8]
 """
@@ -328,6 +328,12 @@ def main() -> None:
             8773,
             *servers["cold"][3:],
         )
+        servers["cold behind nginx"] = (
+            [*portal_command(args), front_command(work, 8775, 8772, work / "tiles-cold")],
+            {**cold_env, "TILE_ACCEL_REDIRECT": "/_tiles/"},
+            8775,
+            *servers["cold"][3:],
+        )
     rows = []
     for scenario in args.scenarios.split(","):
         make_plans = viewing_requests if scenario == "viewing" else unique_requests
@@ -336,13 +342,14 @@ def main() -> None:
             runs = {name: [] for name in servers}
             for _ in range(args.repeats):  # interleaved, so load on the machine hits all alike
                 for name, (command, server_env, port, url_for, headers) in servers.items():
-                    if name == "cold":  # nothing rendered yet
+                    if name.startswith("cold"):  # nothing rendered yet
                         shutil.rmtree(cold_env["TILE_CACHE_DIR"], ignore_errors=True)
                     runs[name].append(
                         run_server(command, server_env, port, plans, url_for, headers)
                     )
             rows.append((scenario, clients, {name: median_run(runs[name]) for name in servers}))
-            print(format_row(rows[-1], "baseline", ("cold", "pre-rendered")), flush=True)
+            compared = [name for name in ("cold", "cold behind nginx") if name in servers]
+            print(format_row(rows[-1], "baseline", tuple(compared)), flush=True)
     print_report(args, slide_path, rows, rendering)
     shutil.rmtree(work)
 
@@ -382,6 +389,8 @@ def print_report(args, slide_path: Path, rows, rendering: dict) -> None:
         f"{rendering['mib']:.1f} MiB on disk"
     )
     print_table(rows, "baseline", {"cold": "cold portal", "pre-rendered": "pre-rendered portal"})
+    if "cold behind nginx" in rows[0][2]:
+        print_table(rows, "baseline", {"cold behind nginx": "cold portal behind nginx"})
     if "nginx" in rows[0][2]:
         compared = {
             "pre-rendered": "pre-rendered portal (gunicorn)",

@@ -10,6 +10,7 @@ Web processes import this module to start and cancel runs; torch is imported by 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import tempfile
@@ -27,7 +28,7 @@ from redis.exceptions import RedisError
 from cases.services import record_audit
 
 from .models import ModelVersion, TrainingRun
-from .registry import load_version, register_model
+from .registry import DETECTOR_NAME, load_version, register_model
 from .services import RunRefused, active_models, job_queue
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,7 @@ def execute_training(
     quick = run.parameters.get("quick", False)
     options = FinetuneSettings.quick() if quick else FinetuneSettings()
     try:
+        replay = replay_slides(run.base_detector, options.replay_slides)
         result = finetune(
             Dataset.from_dict(run.dataset),
             load_version(run.base_detector),
@@ -223,6 +225,7 @@ def execute_training(
             device=device,
             progress=TrainingProgress(run_id, echo),
             log=log_line or log.info,
+            replay=replay,
         )
         TrainingProgress(run_id)("evaluate", 1.0)  # a last chance to cancel
     except TrainingCancelled:
@@ -232,6 +235,19 @@ def execute_training(
         _finish(run_id, TrainingRun.Status.FAILED, _describe(error))
         raise
     return _register(run, result)
+
+
+def replay_slides(base: ModelVersion, count: int) -> list[Path]:
+    """The first ``count`` training slides of the shipped detector's recipe (made under
+    VAR_DIR/train if missing) when ``base`` is that detector or a candidate fine-tuned
+    from it; none for other models, whose training data the portal does not have."""
+    from .tools.train import Recipe, make_slides
+
+    if count <= 0 or base.name != DETECTOR_NAME:
+        return []
+    recipe = Recipe()
+    slides = dataclasses.replace(recipe.train, seeds=recipe.train.seeds[:count])
+    return make_slides(slides, Path(settings.VAR_DIR) / "train", processes=1)
 
 
 def _candidate_version(base: ModelVersion, run: TrainingRun) -> str:

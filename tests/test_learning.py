@@ -389,3 +389,19 @@ def test_the_training_queue_has_its_workers():
     assert ["training"] in WORKERS.values()
     compose = yaml.safe_load((Path(settings.BASE_DIR) / "docker-compose.yml").read_text())
     assert "training" in compose["services"]["worker-training"]["command"]
+
+
+def test_replay_slides_come_from_the_shipped_recipe_for_its_descendants_only(
+    shipped_models, settings, tmp_path
+):
+    settings.VAR_DIR = tmp_path
+    detector = shipped_models["detector"]
+    paths = ai_learning.replay_slides(detector, 1)
+    assert [path.name for path in paths] == ["synth-1001-6000x6000-0.25.tiff"]
+    truth = json.loads(paths[0].with_suffix(".json").read_text())
+    assert truth["seed"] == 1001 and truth["params"]["mitoses_per_mm2"] == 100.0  # the recipe's
+    candidate = ModelVersion(name=detector.name, version="1.0-lab7", task="detector")
+    assert ai_learning.replay_slides(candidate, 1) == paths  # made once, then reused
+    lab_model = ModelVersion(name="lab-detector", version="2", task="detector")
+    assert ai_learning.replay_slides(lab_model, 2) == []  # its training data is not here
+    assert ai_learning.replay_slides(detector, 0) == []

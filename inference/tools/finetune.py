@@ -30,6 +30,7 @@ from ..engine.model_io import CenterNetDetector, ModelSpec, PhaseClassifier
 from ..engine.networks import CenterNet
 from ..engine.pipeline import pick_device, run_slide
 from ..engine.vocabulary import MITOTIC_PHASES, PHASES
+from . import train
 from .centernet import centernet_loss, centernet_targets
 from .evaluate import SlideEvaluation, best_threshold, evaluate_slide, report
 from .train import (
@@ -51,6 +52,7 @@ from .train import (
 )
 
 NON_MITOTIC = PHASES.index("non_mitotic")
+REPLAY_STREAM = 7  # replay slides draw from their own random streams
 # Random tissue patches are centred at least this far from every finding on the slide.
 AWAY_FROM_FINDINGS_UM = 15.0
 
@@ -184,6 +186,10 @@ class FinetuneSettings:
     # the fine-tuned ones (weight-space ensembling, WiSE-FT: Wortsman et al., CVPR 2022):
     # most of the gain on the lab's slides, much less lost on the slides the base read well.
     detector_base_share: float = 0.4
+    # The base version's own training slides, regenerated from its recipe, mixed in
+    # (rehearsal): a lab's slides alone teach the networks to fire on look-alikes of the
+    # slides the base read well. Only for versions that descend from the shipped recipe.
+    replay_slides: int = 2
     seed: int = 0
 
     @classmethod
@@ -199,6 +205,7 @@ class FinetuneSettings:
             max_points=3,
             pick_threshold=False,
             detector_base_share=0.0,
+            replay_slides=0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -488,14 +495,23 @@ def gather_examples(
     classifier_spec: ModelSpec,
     settings: FinetuneSettings,
     progress: Progress = _no_progress,
+    replay: Sequence[Path] = (),
 ) -> tuple[DetectorData, ClassifierData]:
-    """Detector patches and classifier crops from every training slide (seeded per slide)."""
+    """Detector patches and classifier crops from every training slide (seeded per slide),
+    and from the ``replay`` slides (synthetic, with ground truth) as the shipped recipe
+    draws them."""
     det_parts, cls_parts = [], []
+    total = len(dataset.train) + len(replay)
     for i, slide in enumerate(dataset.train):
         rng = np.random.default_rng([settings.seed, i])
         det_parts.append(detector_examples(slide, detector_spec, settings, rng))
         cls_parts.append(classifier_examples(slide, classifier_spec, settings, rng))
-        progress("data", (i + 1) / len(dataset.train))
+        progress("data", (i + 1) / total)
+    for i, path in enumerate(replay):
+        rng = np.random.default_rng([settings.seed, REPLAY_STREAM, i])
+        det_parts.append(train.detector_examples(path, detector_spec, rng))
+        cls_parts.append(train.classifier_examples(path, classifier_spec, rng))
+        progress("data", (len(dataset.train) + i + 1) / total)
     return concat_detector(det_parts), concat_classifier(cls_parts)
 
 
@@ -508,9 +524,11 @@ def finetune(
     device: str | torch.device | None = None,
     progress: Progress = _no_progress,
     log: Callable[[str], None] = print,
+    replay: Sequence[Path] = (),
 ) -> FinetuneResult:
-    """Fine-tune both networks on the training slides, pick the candidate's operating
-    point, and evaluate the given and the candidate versions on the held-out slides.
+    """Fine-tune both networks on the training slides (and the ``replay`` slides: see
+    FinetuneSettings.replay_slides), pick the candidate's operating point, and evaluate
+    the given and the candidate versions on the held-out slides.
 
     ``detector`` and ``classifier`` are native models as the registry loads them (their
     module is a CenterNet and a classifier network); ``progress(stage, fraction)`` is
@@ -523,7 +541,9 @@ def finetune(
     det_spec, cls_spec = detector.spec, classifier.spec
     seconds: dict[str, float] = {}
     with _timed(seconds, "data"):
-        det_data, cls_data = gather_examples(dataset, det_spec, cls_spec, settings, progress)
+        det_data, cls_data = gather_examples(
+            dataset, det_spec, cls_spec, settings, progress, replay
+        )
     boxes = torch.cat(det_data.labels) if det_data.labels else torch.zeros(0)
     log(
         f"detector data: {len(det_data)} patches with {int((boxes == 0).sum())} mitosis and "
@@ -593,6 +613,7 @@ def finetune(
         "holdout_cases": sorted({s.case for s in dataset.holdout}),
         "train_labels": label_counts(dataset.train),
         "holdout_labels": label_counts(dataset.holdout),
+        "replay_slides": [path.name for path in replay],
         "detector_patches": len(det_data),
         "classifier_crops": class_counts(cls_data),
         "settings": settings.to_dict(),
