@@ -348,7 +348,7 @@ def main() -> None:
                         run_server(command, server_env, port, plans, url_for, headers)
                     )
             rows.append((scenario, clients, {name: median_run(runs[name]) for name in servers}))
-            compared = [name for name in ("cold", "cold behind nginx") if name in servers]
+            compared = [n for n in ("cold", "pre-rendered", "cold behind nginx") if n in servers]
             print(format_row(rows[-1], "baseline", tuple(compared)), flush=True)
     print_report(args, slide_path, rows, rendering)
     shutil.rmtree(work)

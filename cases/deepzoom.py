@@ -123,8 +123,10 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
             return 1
         cols, rows = self.level_tiles[level]
         inner = (min(1, cols - 1), min(1, rows - 1))
-        source_side = max(self._get_tile_info(level, inner)[0][2])
-        return max(1, min(BLOCK_TILES, BLOCK_SOURCE_PX // source_side))
+        location, slide_level, size = self._get_tile_info(level, inner)[0]
+        if not self._osr.reads_plain(location, slide_level):
+            return 1  # OpenSlide reads it: one tile at a time, in parallel
+        return max(1, min(BLOCK_TILES, BLOCK_SOURCE_PX // max(size)))
 
     def _largest_read(self, level: int) -> int:
         """Pixels of the largest source region a tile of ``level`` reads: the first tile's
@@ -316,15 +318,17 @@ def _tile_jpeg(path: Path, opened: OpenedSlide, level: int, col: int, row: int) 
         raise TileUndecodable(f"tile {col}_{row} of level {level}: {error}") from error
 
 
-def _store_rendered(file: Path, data: bytes) -> None:
-    """Keep a rendered tile; a cache that cannot be written is reported once per process
-    (viewers still get their tiles)."""
+def _store_rendered(file: Path, data: bytes) -> bool:
+    """Keep a rendered tile; whether it was kept. A cache that cannot be written is
+    reported once per process (viewers still get their tiles)."""
     try:
         _store(file, data)
     except TileCacheUnwritable as error:
         if not _unwritable_cache_reported.is_set():
             _unwritable_cache_reported.set()
             log.warning("%s", error)
+        return False
+    return True
 
 
 # Renders of one block wait for each other (striped: a bounded number of locks), so the
@@ -363,11 +367,12 @@ def _render_block(
     level: int,
     block: list[tuple[int, int]],
     wanted: tuple[int, int] | None = None,
-    store: Callable[[Path, bytes], None] = _store_rendered,
+    store: Callable[[Path, bytes], bool | None] = _store_rendered,
 ) -> dict[tuple[int, int], bytes]:
-    """Render the tiles of ``block`` not cached yet (``wanted`` whether cached or not) from
-    one read of their source and ``store`` them; their JPEG bytes, or nothing when the
-    block's source cannot be read as one region (render tiles one by one then)."""
+    """Render the tiles of ``block`` not cached yet (``wanted`` first, whether cached or
+    not) from one read of their source and ``store`` them; their JPEG bytes, or nothing
+    when the block's source cannot be read as one region (render tiles one by one then).
+    When the cache does not keep ``wanted``, the others are not encoded for nothing."""
     missing = [
         address
         for address in block
@@ -377,9 +382,10 @@ def _render_block(
     if tiles is None:
         return {}
     rendered = {}
-    for (col, row), image in tiles.items():
-        rendered[(col, row)] = data = encode_jpeg(image)
-        store(tile_file(source.sha256, level, col, row), data)
+    for address in sorted(tiles, key=lambda address: address != wanted):
+        rendered[address] = data = encode_jpeg(tiles[address])
+        if store(tile_file(source.sha256, level, *address), data) is False:
+            break
     return rendered
 
 

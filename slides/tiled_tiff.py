@@ -187,6 +187,12 @@ class TiledTiffSlide(openslide.OpenSlide):
         read = self._read_grid(location, level, size)
         return None if read is None else read[0]
 
+    def reads_plain(self, location: tuple[int, int], level: int) -> bool:
+        """Whether reads of ``level`` at level-0 ``location`` come from decoded tiles (a
+        plain tiled level, at whole pixels of it) rather than from OpenSlide."""
+        downsample = self._downsamples[level]
+        return level in self._grids and all((value / downsample).is_integer() for value in location)
+
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> Image.Image:

@@ -33,6 +33,7 @@ from inference.models import InferenceRun
 from slides import ReadTooLarge, Scale, open_slide, read_region, thumbnail
 from slides.validate import read_bounds_problem
 from tests.conftest import run_worker_burst, subprocess_env
+from tests.test_tiles import expected_tile
 
 GIB = 1024**3
 
@@ -473,6 +474,25 @@ def test_the_viewer_records_bad_tiles_once_and_keeps_serving(
     handle = deepzoom.handles.get(slide.path).slide
     openslide.OpenSlide.read_region(handle, (0, 0), 0, (16, 16))
     assert tile(0, 0, 0).status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_good_tile_beside_a_damaged_one_in_its_block_is_served(
+    client_for, pathologist, case, damaged, tile_dir
+):
+    path, failures = damaged
+    slide = register_slide(path, case, "damaged.tiff")
+    generator = deepzoom.handles.get(slide.path).deepzoom
+    bad = set(failures)
+    level, col, row = next(
+        (level, *address)
+        for level, col, row in failures
+        for address in generator.block(level, (col, row))
+        if (level, *address) not in bad and len(generator.block(level, (col, row))) > 1
+    )
+    response = client_for(pathologist).get(f"/slides/{slide.pk}_files/{level}/{col}_{row}.jpeg")
+    assert response.status_code == 200
+    assert response.content == expected_tile(path, level, col, row)
 
 
 # ------------------------------------------------------- messages without paths

@@ -78,7 +78,7 @@ def test_a_cold_tile_renders_its_block_with_it(slide, tile_dir):
     for col, row in block:  # every one as OpenSlide's generator gives it
         cached = deepzoom.tile_file(slide.sha256, top, col, row).read_bytes()
         assert cached == expected_tile(slide.path, top, col, row), (col, row)
-    assert not deepzoom.tile_file(slide.sha256, top, 3, 0).exists()  # the next block's
+    assert not deepzoom.tile_file(slide.sha256, top, 3, 0).exists()  # another block's
 
 
 @pytest.mark.django_db
@@ -103,6 +103,18 @@ def test_a_cache_that_cannot_be_written_still_serves_the_tile(
 ):
     response = client_for(pathologist).get(f"/slides/{slide.pk}_files/11/0_0.jpeg")
     assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+
+
+@pytest.mark.django_db
+def test_a_cache_that_cannot_be_written_gets_no_block_encoded_for_nothing(
+    slide, unwritable_tile_dir, monkeypatch
+):
+    encoded = []
+    encode = deepzoom.encode_jpeg
+    monkeypatch.setattr(deepzoom, "encode_jpeg", lambda image: encoded.append(1) or encode(image))
+    top = deepzoom.handles.get(slide.path).deepzoom.level_count - 1
+    assert deepzoom.render_tile(source_of(slide), top, 1, 1) == expected_tile(slide.path, top, 1, 1)
+    assert len(encoded) == 1
 
 
 @pytest.mark.django_db

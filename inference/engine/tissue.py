@@ -14,6 +14,8 @@ from scipy import ndimage
 
 from slides.io import THUMBNAIL_PX_MAX, thumbnail
 
+WHITE_FILL = 254  # every channel at least this: filled white by the scanner or reader
+
 
 @dataclass(frozen=True)
 class TissueMask:
@@ -93,15 +95,20 @@ def tissue_mask_from_rgb(
     return _fill_holes(mask)
 
 
-def optical_density(rgb: NDArray[np.uint8], dark: int = 64) -> NDArray[np.float64]:
+def optical_density(rgb: NDArray[np.uint8], dark: int = 64) -> NDArray[np.float32]:
     """Optical density (summed over R, G, B) of each pixel against the glass, whose colour
-    is the median of the brightest 2 % of pixels. Near-black pixels (every channel below
-    ``dark``: a scanner's unscanned area, not stained tissue) get 0.
+    is the median of the brightest 2 % of pixels that are not pure white (areas a scanner
+    fills white, missing tiles: not the glass, which is darker). Near-black pixels (every
+    channel below ``dark``: a scanner's unscanned area, not stained tissue) get 0.
     """
     pixels = rgb.reshape(-1, 3)
-    brightness = pixels.sum(1, dtype=np.int32)
-    glass = np.median(pixels[brightness >= np.percentile(brightness, 98)], axis=0)
-    density = np.log10(np.maximum(glass, 1) / np.maximum(rgb, 1)).clip(min=0).sum(-1)
+    candidates = pixels[pixels.min(1) < WHITE_FILL]
+    if not len(candidates):
+        return np.zeros(rgb.shape[:2], np.float32)
+    brightness = candidates.sum(1, dtype=np.int32)
+    glass = np.median(candidates[brightness >= np.percentile(brightness, 98)], axis=0)
+    ratio = np.maximum(glass, 1).astype(np.float32) / np.maximum(rgb, 1).astype(np.float32)
+    density = np.log10(ratio).clip(min=0).sum(-1)
     density[rgb.max(-1) < dark] = 0.0
     return density
 
