@@ -54,6 +54,12 @@ def parse_args():
     parser.add_argument("--scenarios", default="viewing,unique")
     parser.add_argument("--gunicorn-workers", type=int, default=2)
     parser.add_argument("--gunicorn-threads", type=int, default=8)
+    parser.add_argument(
+        "--cold-cache",
+        type=Path,
+        help="folder for the cold runs' tile cache (default: the temp folder; e.g. /dev/shm "
+        "to take the file system's cost of creating files out of the cold figures)",
+    )
     return parser.parse_args()
 
 
@@ -294,7 +300,8 @@ def main() -> None:
     env = {**os.environ, **portal_env(work)}
     rendering = prerender(slide_id, Path(env["TILE_CACHE_DIR"]))
     print(f"Pre-rendered {rendering}", flush=True)
-    cold_env = {**env, "TILE_CACHE_DIR": str(work / "tiles-cold")}
+    cold_cache = Path(tempfile.mkdtemp(dir=args.cold_cache, prefix="mitolens-cold-"))
+    cold_env = {**env, "TILE_CACHE_DIR": str(cold_cache / "tiles")}
     servers = {
         "baseline": (
             [[sys.executable, "benchmarks/deepzoom_baseline.py", str(slide_path), "8771"]],
@@ -329,7 +336,7 @@ def main() -> None:
             *servers["cold"][3:],
         )
         servers["cold behind nginx"] = (
-            [*portal_command(args), front_command(work, 8775, 8772, work / "tiles-cold")],
+            [*portal_command(args), front_command(work, 8775, 8772, cold_cache / "tiles")],
             {**cold_env, "TILE_ACCEL_REDIRECT": "/_tiles/"},
             8775,
             *servers["cold"][3:],
@@ -352,6 +359,7 @@ def main() -> None:
             print(format_row(rows[-1], "baseline", tuple(compared)), flush=True)
     print_report(args, slide_path, rows, rendering)
     shutil.rmtree(work)
+    shutil.rmtree(cold_cache)
 
 
 def format_row(row, anchor: str, compared: tuple[str, ...]) -> str:
@@ -388,6 +396,7 @@ def print_report(args, slide_path: Path, rows, rendering: dict) -> None:
         f"Pre-rendering: {rendering['tiles']} tiles in {rendering['seconds']:.1f} s, "
         f"{rendering['mib']:.1f} MiB on disk"
     )
+    print(f"Cold runs' tile cache under {args.cold_cache or tempfile.gettempdir()}")
     print_table(rows, "baseline", {"cold": "cold portal", "pre-rendered": "pre-rendered portal"})
     if "cold behind nginx" in rows[0][2]:
         print_table(rows, "baseline", {"cold behind nginx": "cold portal behind nginx"})
