@@ -405,3 +405,25 @@ def test_replay_slides_come_from_the_shipped_recipe_for_its_descendants_only(
     lab_model = ModelVersion(name="lab-detector", version="2", task="detector")
     assert ai_learning.replay_slides(lab_model, 2) == []  # its training data is not here
     assert ai_learning.replay_slides(detector, 0) == []
+
+
+def test_rehearsal_slides_add_every_object_they_hold(reviewed_slide_files):
+    from inference.engine.model_io import ModelSpec
+    from inference.tools.finetune import Dataset, FinetuneSettings, gather_examples
+
+    models = Path(__file__).resolve().parent.parent / "models"
+    specs = [
+        ModelSpec.from_dict(json.loads((models / f"mitolens-{name}.json").read_text())["spec"])
+        for name in ("detector-1.0", "phase-1.1")
+    ]
+    replay = reviewed_slide_files[0]
+    truth = json.loads(replay.with_suffix(".json").read_text())
+    objects = len(truth["mitoses"]) + len(truth["hard_negatives"])
+    detector, classifier = gather_examples(
+        Dataset(train=[], holdout=[]), *specs, FinetuneSettings(), replay=[replay]
+    )
+    assert len(detector) == objects + 24  # a patch on each object, 24 on random tissue
+    boxes = torch.cat(detector.labels)
+    assert int((boxes == 0).sum()) >= len(truth["mitoses"])  # mitoses, each at least once
+    phases = [kind for kind in classifier.kinds if kind in ("prophase", "metaphase")]
+    assert len(phases) == sum(m["phase"] in ("prophase", "metaphase") for m in truth["mitoses"])
