@@ -152,6 +152,9 @@ class FindingAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # what readers saw and decided on stays on record
+
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):

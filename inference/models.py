@@ -157,7 +157,11 @@ class Finding(models.Model):
 
     class Meta:
         ordering = ["-score", "id"]
-        indexes = [models.Index(fields=["slide", "run"]), models.Index(fields=["run", "-score"])]
+        indexes = [
+            models.Index(fields=["slide", "run"]),
+            models.Index(fields=["run", "-score"]),
+            models.Index(fields=["slide", "id"]),  # the newest finding of a slide, by index
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(source="pathologist", run__isnull=True)

@@ -223,6 +223,20 @@ def test_deletions_in_admin_are_audited_with_what_was_deleted(client_for):
     assert [e.object_id for e in deleted] == [str(one.pk), str(two.pk)]
 
 
+def test_findings_cannot_be_deleted_in_admin(client_for, reviewed_slide):
+    from inference.models import Finding
+
+    client = client_for(User.objects.create_superuser("root", password="x"))
+    finding = Finding.objects.filter(slide=reviewed_slide, decisions=None).first()
+    assert (
+        client.post(f"/admin/inference/finding/{finding.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
+    bulk = {"action": "delete_selected", "_selected_action": [finding.pk], "post": "yes"}
+    client.post("/admin/inference/finding/", bulk)
+    assert Finding.objects.filter(pk=finding.pk).exists()
+
+
 def test_the_applications_own_status_changes_are_recorded(reviewed_slide, pathologist):
     """AI runs move a case between registered / AI queued / running / awaiting review, and
     the first decision puts it in review: each move is a case_changed event with before and
