@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/explanations.py [--crops 12] [--threads 2]
 
 The shipped phase classifier on held-out synthetic crops. The anchor is Captum called
-with its own defaults wherever it has one, on the same model, crops and target:
+with its own defaults wherever it has one, on the same model (as loaded: torch's default
+memory order, where ours runs channels-last), crops and target:
 Saliency (abs=True); IntegratedGradients (n_steps=50, Gauss-Legendre, one batch,
 internal_batch_size=None, black baseline); Occlusion (perturbations_per_eval=1, zero
 baseline; it has no default window, so ours: 16 px, stride 8); GradientShap
@@ -93,24 +94,28 @@ def main():
     classifier = load_classifier(next((ROOT / "models").glob("mitolens-phase-*.pt")))
     spec = classifier.spec
     model = CropClassifier(classifier.module, spec.network_px, spec.mean, spec.std).eval()
+    # the anchor: the classifier as loaded, in torch's default memory order
+    plain = CropClassifier(
+        classifier.module, spec.network_px, spec.mean, spec.std, channels_last=False
+    ).eval()
     crops = [
         render_figure_crop(95000 + i, PHASES[i % 4], size=spec.patch_px)[0]
         for i in range(args.crops)
     ]
     explain_crop(model, crops[0])  # warm up both
-    captum_defaults(model, crops[0])
+    captum_defaults(plain, crops[0])
     mine = {m: [] for m in METHODS}
     anchor = {m: [] for m in METHODS}
     totals, mine_maps, anchor_maps = [], [], []
     for crop in crops:  # interleaved: load on the machine falls on both alike
         per_method, total = ours(model, crop)
-        plain = captum_defaults(model, crop)
+        theirs = captum_defaults(plain, crop)
         for m in METHODS:
             mine[m].append(per_method[m])
-            anchor[m].append(plain[m])
+            anchor[m].append(theirs[m])
         totals.append(total)
         mine_maps.append(sum(per_method.values()))
-        anchor_maps.append(sum(plain.values()))
+        anchor_maps.append(sum(theirs.values()))
     cpu = cpu_model()
     print(
         f"Machine: {os.cpu_count()} cores, {cpu}; torch {torch.__version__}, "

@@ -160,3 +160,21 @@ def test_the_randomisation_check_lowers_similarity_for_methods_that_pass(crop_mo
     for method, figures in result.items():
         assert figures["passes"] == (figures["similarity"] < 0.5), method
     assert result["grad_cam"]["passes"]
+
+
+def test_the_channels_last_copy_computes_what_the_network_does_and_leaves_it_alone(
+    shipped_models,
+):
+    import torch
+
+    classifier = load_version(shipped_models["phase_classifier"])
+    spec = classifier.spec
+    network = classifier.module.eval()
+    fast = CropClassifier(network, spec.network_px, spec.mean, spec.std).eval()
+    plain = CropClassifier(network, spec.network_px, spec.mean, spec.std, channels_last=False)
+    crops = torch.rand(4, 3, spec.patch_px, spec.patch_px)
+    with torch.no_grad():
+        assert torch.allclose(fast(crops), plain.eval()(crops), atol=1e-4)
+    weight = next(p for p in network.parameters() if p.dim() == 4)
+    assert weight.is_contiguous()  # the shared network keeps torch's default order
+    assert fast.module is not network

@@ -11,6 +11,7 @@ order, and IG with its convergence delta.
 
 from __future__ import annotations
 
+import copy
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -62,13 +63,23 @@ class MethodMap:
 
 
 class CropClassifier(nn.Module):
-    """[0, 1] RGB crops at any size -> logits: resize to the network input, normalise."""
+    """[0, 1] RGB crops at any size -> logits: resize to the network input, normalise.
+
+    With ``channels_last`` it runs its own copy of the network in channels-last memory
+    order: the same function, and on CPUs its convolutions take about half the time of the
+    default order's (the maps' many forward passes). The given network is left as it is."""
 
     def __init__(
-        self, module: nn.Module, input_px: int, mean: Sequence[float], std: Sequence[float]
+        self,
+        module: nn.Module,
+        input_px: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        channels_last: bool = True,
     ):
         super().__init__()
-        self.module = module
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.module = copy.deepcopy(module).to(memory_format=self.memory_format)
         self.input_px = input_px
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
@@ -78,7 +89,8 @@ class CropClassifier(nn.Module):
             x = F.interpolate(
                 x, size=(self.input_px, self.input_px), mode="bilinear", align_corners=False
             )
-        return self.module((x - self.mean) / self.std)
+        x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        return self.module(x)
 
 
 GRAD_CAM_MIN_SIDE = 7  # a ResNet-50's layer4 at 224 px
@@ -368,8 +380,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def randomised_copy(model: CropClassifier, seed: int = 0) -> CropClassifier:
     """The same architecture with every weight re-drawn (Adebayo et al.'s cascade, taken to
     its end): a map that survives this does not depend on what the model learned."""
-    import copy
-
     torch.manual_seed(seed)
     clone = copy.deepcopy(model)
     for module in clone.module.modules():
