@@ -162,19 +162,42 @@ def test_the_randomisation_check_lowers_similarity_for_methods_that_pass(crop_mo
     assert result["grad_cam"]["passes"]
 
 
-def test_the_channels_last_copy_computes_what_the_network_does_and_leaves_it_alone(
-    shipped_models,
-):
+def test_the_fast_copy_computes_what_the_network_does_and_leaves_it_alone(shipped_models):
     import torch
 
     classifier = load_version(shipped_models["phase_classifier"])
     spec = classifier.spec
     network = classifier.module.eval()
     fast = CropClassifier(network, spec.network_px, spec.mean, spec.std).eval()
-    plain = CropClassifier(network, spec.network_px, spec.mean, spec.std, channels_last=False)
+    plain = CropClassifier(network, spec.network_px, spec.mean, spec.std, fast=False).eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.module.modules())
     crops = torch.rand(4, 3, spec.patch_px, spec.patch_px)
     with torch.no_grad():
-        assert torch.allclose(fast(crops), plain.eval()(crops), atol=1e-4)
+        assert torch.allclose(fast(crops), plain(crops), atol=1e-4)
+    assert plain.module is network and fast.module is not network
     weight = next(p for p in network.parameters() if p.dim() == 4)
     assert weight.is_contiguous()  # the shared network keeps torch's default order
-    assert fast.module is not network
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+
+
+def test_our_occlusion_is_captums(crop_model):
+    import torch
+    from captum.attr import Occlusion
+
+    from inference.engine.attribution import blurred, occlusion
+
+    model, spec = crop_model
+    crop, _ = render_figure_crop(71000, "anaphase", size=spec.patch_px)
+    image = torch.from_numpy(crop.copy()).permute(2, 0, 1)[None].float() / 255
+    baseline = blurred(image, 4.0)
+    theirs = Occlusion(model).attribute(
+        image,
+        sliding_window_shapes=(3, 16, 16),
+        strides=(3, 8, 8),
+        baselines=baseline,
+        target=1,
+        perturbations_per_eval=32,
+    )
+    ours = occlusion(model, image, baseline, 1, window=16, stride=8, per_eval=32)
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=1e-4 * float(theirs.abs().max()))
