@@ -153,7 +153,7 @@ class FindingAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None):
-        return False  # what readers saw and decided on stays on record
+        return False  # what readers saw and decided on stays on record, as the audit expects
 
 
 @admin.register(TrainingRun)

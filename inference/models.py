@@ -157,11 +157,7 @@ class Finding(models.Model):
 
     class Meta:
         ordering = ["-score", "id"]
-        indexes = [
-            models.Index(fields=["slide", "run"]),
-            models.Index(fields=["run", "-score"]),
-            models.Index(fields=["slide", "id"]),  # the newest finding of a slide, by index
-        ]
+        indexes = [models.Index(fields=["slide", "run"]), models.Index(fields=["run", "-score"])]
         constraints = [
             models.CheckConstraint(
                 condition=Q(source="pathologist", run__isnull=True)

@@ -7,7 +7,7 @@ import contextlib
 
 import django_rq
 from django.db import transaction
-from django.db.models import F, Max, Q
+from django.db.models import Count, F, Max, Q
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -243,16 +243,14 @@ REVISION_CACHE_SECONDS = 3600  # how long what is cached by findings_revision is
 
 
 def findings_revision(slide) -> str:
-    """What the slide shows, in two numbers (the shown run and the newest finding stored on
-    the slide), read by index, whatever the number of findings: a new run or finding
-    changes it. Findings are never deleted once a run is shown (only a run's own unshown
-    findings, as it stores them again; not in admin), a stored finding's position and AI
-    call never change, and its ``kept`` flag changes only in the transaction that makes a
-    new run the shown one (review.carry), which changes the shown run: so what is cached
-    under it is never stale."""
-    run = latest_run(slide)
-    newest = Finding.objects.filter(slide=slide).aggregate(newest=Max("pk"))["newest"]
-    return f"{slide.pk}:{run.pk if run else 0}:{newest}"
+    """What the slide shows, in a few numbers (the shown run, how many findings and the
+    newest): a new run or finding changes it. A stored finding's position and AI call never
+    change, and its ``kept`` flag changes only in the transaction that makes a new run
+    the shown one (review.carry), which changes the shown run: so what is cached under
+    it is never stale."""
+    run, findings = slide_findings(slide)
+    shown = findings.aggregate(count=Count("pk"), newest=Max("pk"))
+    return f"{slide.pk}:{run.pk if run else 0}:{shown['count']}:{shown['newest']}"
 
 
 def slide_hpf(slide) -> tuple[HpfMap | None, dict | None]:
