@@ -150,6 +150,15 @@ def test_glass_beside_a_white_filled_area_is_not_tissue() -> None:
     assert mask.sum() == pytest.approx(40 * 40, rel=0.05)
 
 
+def test_pale_tissue_on_glass_clipped_to_white_is_tissue() -> None:
+    rng = np.random.default_rng(0)
+    image = np.full((128, 128, 3), 255)  # a scanner that clips the glass to white
+    image[20:80, 20:80] = (230, 222, 232) + rng.integers(-12, 13, (60, 60, 3))
+    mask = tissue_mask_from_rgb(image.astype(np.uint8))
+    assert mask[22:78, 22:78].all()
+    assert mask.sum() == pytest.approx(60 * 60, rel=0.05)
+
+
 def test_pale_unsaturated_tissue_is_tissue_and_an_unscanned_black_area_is_not() -> None:
     rng = np.random.default_rng(0)
     image = np.full((128, 128, 3), (245, 242, 235)) + rng.integers(0, 4, (128, 128, 3))

@@ -15,6 +15,7 @@ from scipy import ndimage
 from slides.io import THUMBNAIL_PX_MAX, thumbnail
 
 WHITE_FILL = 254  # every channel at least this: filled white by the scanner or reader
+GLASS_SHARE = 0.1  # glass: at least this share of the other pixels, within 4 of its brightness
 
 
 @dataclass(frozen=True)
@@ -96,19 +97,24 @@ def tissue_mask_from_rgb(
 
 
 def optical_density(rgb: NDArray[np.uint8], dark: int = 64) -> NDArray[np.float32]:
-    """Optical density (summed over R, G, B) of each pixel against the glass, whose colour
-    is the median of the brightest 2 % of pixels that are not pure white (areas a scanner
-    fills white, missing tiles: not the glass, which is darker). Near-black pixels (every
-    channel below ``dark``: a scanner's unscanned area, not stained tissue) get 0.
+    """Optical density (summed over R, G, B) of each pixel against the glass. The glass is
+    the median colour of the brightest 2 % of pixels that are not pure white (areas a
+    scanner or reader fills white are not the glass), if those colours are a peak holding
+    at least GLASS_SHARE of the pixels, as glass is; otherwise (glass clipped to white, no
+    glass at all: the brightest tissue is the tail of a broad spread) white. Near-black
+    pixels (every channel below ``dark``: a scanner's unscanned area) get 0.
     """
     pixels = rgb.reshape(-1, 3)
     brightness = pixels.sum(1, dtype=np.int32)
     unfilled = pixels.min(1) < WHITE_FILL
     counts = np.bincount(brightness[unfilled], minlength=3 * 255 + 1)
-    if not counts.sum():
-        return np.zeros(rgb.shape[:2], np.float32)
-    cutoff = np.searchsorted(np.cumsum(counts), 0.98 * counts.sum())  # the brightest 2 %
-    glass = np.median(pixels[unfilled & (brightness >= cutoff)], axis=0)
+    glass = np.full(3, 255.0)
+    if counts.sum():
+        cutoff = np.searchsorted(np.cumsum(counts), 0.98 * counts.sum())  # the brightest 2 %
+        brightest = np.median(pixels[unfilled & (brightness >= cutoff)], axis=0)
+        level = int(brightest.sum())
+        if counts[max(level - 4, 0) : level + 5].sum() >= GLASS_SHARE * counts.sum():
+            glass = brightest
     # per channel, the density of each of the 256 values: three lookups a pixel
     levels = np.maximum(np.arange(256, dtype=np.float32), 1)
     table = np.log10(np.maximum(glass, 1)[:, None] / levels).clip(min=0).astype(np.float32)
