@@ -201,3 +201,41 @@ def test_our_occlusion_is_captums(crop_model):
     ours = occlusion(model, image, baseline, 1, window=16, stride=8, per_eval=32)
     assert ours.shape == theirs.shape
     assert torch.allclose(ours, theirs, atol=1e-4 * float(theirs.abs().max()))
+    edge = image[..., :100, :100]  # windows that do not tile it: Captum's cut-off edges
+    theirs = Occlusion(model).attribute(
+        edge,
+        sliding_window_shapes=(3, 16, 16),
+        strides=(3, 8, 8),
+        baselines=baseline[..., :100, :100],
+        target=1,
+        perturbations_per_eval=32,
+    )
+    ours = occlusion(model, edge, baseline[..., :100, :100], 1, window=16, stride=8, per_eval=32)
+    assert torch.allclose(ours, theirs, atol=1e-4 * float(theirs.abs().max()))
+
+
+def test_folding_leaves_a_convolution_used_twice_and_norms_without_statistics_alone():
+    import torch
+    from torch import nn
+
+    from inference.engine.attribution import fold_batch_norms
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.norm = nn.BatchNorm2d(3)
+            self.plain = nn.Conv2d(3, 3, 3, padding=1)
+            self.live = nn.BatchNorm2d(3, track_running_stats=False)
+
+        def forward(self, x):
+            return self.norm(self.conv(x)) + self.conv(x) + self.live(self.plain(x))
+
+    torch.manual_seed(0)
+    network = Shared().eval()
+    network.norm.running_mean.uniform_(-1, 1)
+    folded = fold_batch_norms(network)
+    assert isinstance(folded.norm, nn.BatchNorm2d) and isinstance(folded.live, nn.BatchNorm2d)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), network(x), atol=1e-5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from captum.attr import (
     IntegratedGradients,
     LayerAttribution,
     LayerGradCam,
+    Occlusion,
     Saliency,
 )
 from torch import Tensor, nn
@@ -108,18 +110,22 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     except Exception:  # dynamic control flow: leave it unfolded
         return folded
     modules = dict(folded.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     for node in graph.nodes:
         source = node.args[0] if node.op == "call_module" and node.args else None
         if not (
             isinstance(modules.get(node.target), nn.BatchNorm2d)
+            and modules[node.target].running_mean is not None
             and isinstance(source, torch.fx.Node)
             and source.op == "call_module"
             and isinstance(modules.get(source.target), nn.Conv2d)
             and len(source.users) == 1
+            and calls[source.target] == calls[node.target] == 1  # modules used once
         ):
             continue
-        conv, norm = modules[source.target], modules[node.target]
-        _replace(folded, source.target, fuse_conv_bn_eval(conv, norm))
+        conv = fuse_conv_bn_eval(modules[source.target], modules[node.target])
+        conv.folded_batch_norm = True  # randomised_copy re-draws it as conv + fresh norm
+        _replace(folded, source.target, conv)
         _replace(folded, node.target, nn.Identity())
     return folded
 
@@ -356,8 +362,19 @@ def occlusion(
     """Captum's Occlusion with a window over all channels: each pixel's attribution is the
     mean drop of the target's score over the windows (``window`` px, every ``stride`` px)
     that replace it by ``baseline``. The same windows and formula, without Captum's
-    general-purpose bookkeeping (about a quarter of its time here). Shape of ``image``."""
+    general-purpose bookkeeping (about a quarter of its time here), where the windows tile
+    the crop exactly; otherwise Captum itself (it adds a cut-off window at the edges).
+    Shape of ``image``."""
     _, channels, height, width = image.shape
+    if min(height, width) < window or (height - window) % stride or (width - window) % stride:
+        return Occlusion(model).attribute(
+            image,
+            sliding_window_shapes=(channels, window, window),
+            strides=(channels, stride, stride),
+            baselines=baseline,
+            target=target,
+            perturbations_per_eval=per_eval,
+        )
     corners = [
         (top, left)
         for top in range(0, height - window + 1, stride)
@@ -452,6 +469,8 @@ def randomised_copy(model: CropClassifier, seed: int = 0) -> CropClassifier:
             module.reset_parameters()
         if isinstance(module, nn.BatchNorm2d):
             module.reset_running_stats()
+        if getattr(module, "folded_batch_norm", False):
+            nn.init.zeros_(module.bias)  # what a reset batch norm after it would add
     return clone.eval()
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -1096,8 +1097,11 @@ def generate_slide(
         "hard_negatives_per_mm2": hard_negatives_per_mm2,
     }
     gt = ground_truth(world, seed, extra)
-    with open(out_path.with_suffix(".json"), "w", encoding="utf-8") as f:
-        json.dump(gt, f, indent=1)
+    truth_path = out_path.with_suffix(".json")
+    # written last and whole: a slide whose truth is there was finished (make_slides)
+    partial = truth_path.with_name(f".{truth_path.name}.partial")
+    partial.write_text(json.dumps(gt, indent=1), encoding="utf-8")
+    os.replace(partial, truth_path)
     return gt
 
 
