@@ -59,16 +59,11 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
 
     def get_tile(self, level: int, address: tuple[int, int]) -> Image.Image:
         """The RGB tile at ``address`` (col, row) of Deep Zoom ``level``."""
-        (location, slide_level, size), tile_size = self._get_tile_info(level, address)
         if level in self._chunked:
+            (location, slide_level, size), tile_size = self._get_tile_info(level, address)
             return downscaled_region(self._osr, location, slide_level, size, tile_size)
-        rgb = self._read_rgb(location, slide_level, size) if self._read_rgb else None
-        if rgb is None:
-            return super().get_tile(level, address)
-        tile = Image.fromarray(rgb)
-        if tile.size != tile_size:
-            tile.thumbnail(tile_size, Image.Resampling.LANCZOS)
-        return tile
+        tiles = self.get_tiles(level, [address])
+        return tiles[address] if tiles else super().get_tile(level, address)
 
     def block(self, level: int, address: tuple[int, int]) -> list[tuple[int, int]]:
         """The addresses of the aligned block of tiles of ``level`` that ``address`` is
@@ -121,9 +116,7 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
         region stays within BLOCK_SOURCE_PX a side."""
         if self._read_rgb is None or level in self._chunked:
             return 1
-        cols, rows = self.level_tiles[level]
-        inner = (min(1, cols - 1), min(1, rows - 1))
-        location, slide_level, size = self._get_tile_info(level, inner)[0]
+        location, slide_level, size = self._get_tile_info(level, self._inner_tile(level))[0]
         if not self._osr.reads_plain(location, slide_level):
             return 1  # OpenSlide reads it: one tile at a time, in parallel
         return max(1, min(BLOCK_TILES, BLOCK_SOURCE_PX // max(size)))
@@ -131,10 +124,14 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
     def _largest_read(self, level: int) -> int:
         """Pixels of the largest source region a tile of ``level`` reads: the first tile's
         or an inner one's (overlap on every side)."""
-        cols, rows = self.level_tiles[level]
-        inner = (min(1, cols - 1), min(1, rows - 1))
-        sizes = [self._get_tile_info(level, address)[0][2] for address in ((0, 0), inner)]
+        addresses = ((0, 0), self._inner_tile(level))
+        sizes = [self._get_tile_info(level, address)[0][2] for address in addresses]
         return max(width * height for width, height in sizes)
+
+    def _inner_tile(self, level: int) -> tuple[int, int]:
+        """A tile of ``level`` with overlap on every side, where the level has one."""
+        cols, rows = self.level_tiles[level]
+        return min(1, cols - 1), min(1, rows - 1)
 
 
 def _reads_plain_rgb(osr: openslide.AbstractSlide) -> bool:

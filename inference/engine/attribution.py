@@ -384,8 +384,9 @@ def occlusion(
     with torch.no_grad():
         score = model(image)[0, target]
         for start in range(0, len(corners), per_eval):
-            masks = torch.zeros(len(corners[start : start + per_eval]), 1, height, width)
-            for mask, (top, left) in zip(masks, corners[start : start + per_eval], strict=True):
+            chunk = corners[start : start + per_eval]
+            masks = torch.zeros(len(chunk), 1, height, width)
+            for mask, (top, left) in zip(masks, chunk, strict=True):
                 mask[:, top : top + window, left : left + window] = 1
             masks = masks.to(image.device)
             drops.append(score - model(image * (1 - masks) + baseline * masks)[:, target])
