@@ -96,8 +96,9 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": dj_database_url.config(
-        default=f"sqlite:///{VAR_DIR / 'mitolens.sqlite3'}", conn_max_age=60
+    "default": dj_database_url.parse(  # an empty DATABASE_URL means the default too
+        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'mitolens.sqlite3'}",
+        conn_max_age=60,
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):

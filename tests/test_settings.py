@@ -61,3 +61,17 @@ def test_default_database_is_sqlite_under_var_unless_database_url():
         assert "postgresql" in engine
     else:
         assert engine.endswith("sqlite3")
+
+
+def test_an_empty_database_url_means_the_embedded_default(tmp_path):
+    env = {**os.environ, "DATABASE_URL": "", "MITOLENS_VAR_DIR": str(tmp_path)}
+    code = "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "django.db.backends.sqlite3"
