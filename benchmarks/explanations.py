@@ -1,6 +1,6 @@
 """Attribution maps per finding: ms per method and all five, ours vs Captum's defaults.
 
-    .venv/bin/python benchmarks/explanations.py [--crops 12] [--threads 2]
+    .venv/bin/python benchmarks/explanations.py [--crops 12] [--threads 2] [--faithfulness]
 
 The shipped phase classifier on held-out synthetic crops. The anchor is Captum called
 with its own defaults wherever it has one, on the same model (as loaded, where ours folds
@@ -11,7 +11,8 @@ baseline; it has no default window, so ours: 16 px, stride 8); GradientShap
 (n_samples=50 as DESIGN.md names the anchor, where Captum's default is 5; stdevs=0.0;
 our four reference images, which it requires); LayerGradCam
 on the layer we explain, upsampled bilinearly. Ours and the anchor alternate crop by
-crop. Prints the median per method and of the five together.
+crop. Prints the median per method and of the five together. ``--faithfulness`` also
+prints our maps' figures as shipped beside the same maps computed wholly in float32.
 """
 
 import argparse
@@ -85,10 +86,48 @@ def captum_defaults(model, crop) -> dict[str, float]:
     return times
 
 
+def faithfulness(model, crops) -> None:
+    """Mean deletion AUC per method and IG's relative completeness delta, as shipped and
+    all in float32, and how alike the two maps are (median Spearman similarity)."""
+    import numpy as np
+
+    from inference.engine.attribution import spearman
+
+    runs = {
+        label: [explain_crop(model, c, METHODS, settings=settings)[2] for c in crops]
+        for label, settings in (
+            ("shipped", AttributionSettings()),
+            ("float32", AttributionSettings(bfloat16=False)),
+        )
+    }
+    print("\n| method | precision | deletion AUC shipped / float32 | similarity |")
+    print("|---|---|---|---|")
+    for i, m in enumerate(METHODS):
+        shipped, exact = ([maps[i] for maps in runs[k]] for k in ("shipped", "float32"))
+        aucs = [np.mean([r.quality["deletion_auc"] for r in rs]) for rs in (shipped, exact)]
+        alike = np.median(
+            [spearman(a.values, b.values) for a, b in zip(shipped, exact, strict=True)]
+        )
+        precision = shipped[0].parameters.get("precision", "float32")
+        print(f"| {m} | {precision} | {aucs[0]:.3f} / {aucs[1]:.3f} | {alike:.3f} |")
+    for label, maps in runs.items():
+        ig = METHODS.index("integrated_gradients")
+        deltas = [
+            max(rs[ig].quality["relative_delta_black"], rs[ig].quality["relative_delta_blurred"])
+            for rs in maps
+        ]
+        randoms = np.mean([rs[0].quality["random_deletion_auc"] for rs in maps])
+        print(
+            f"{label}: IG relative delta median {np.median(deltas):.4f}, max {max(deltas):.4f}; "
+            f"random order's deletion AUC {randoms:.3f}"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crops", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--faithfulness", action="store_true", help="also compare precisions")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     classifier = load_classifier(next((ROOT / "models").glob("mitolens-phase-*.pt")))
@@ -132,6 +171,8 @@ def main():
     a, b = statistics.median(mine_maps), statistics.median(anchor_maps)
     print(f"| the five maps | {a:.0f} | {b:.0f} | {b / a:.1f}× |")
     print(f"| ours with the deletion AUCs | {statistics.median(totals):.0f} | | |")
+    if args.faithfulness:
+        faithfulness(model, crops)
 
 
 if __name__ == "__main__":

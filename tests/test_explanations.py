@@ -39,6 +39,24 @@ def test_each_map_has_the_crops_size_is_finite_and_not_constant(crop_model):
     assert ig.quality["relative_delta_black"] < 0.05 and ig.quality["relative_delta_blurred"] < 0.05
 
 
+def test_maps_are_reproducible_and_reduced_precision_keeps_them(crop_model):
+    from inference.engine.attribution import AttributionSettings, spearman
+
+    model, spec = crop_model
+    crop, _ = render_figure_crop(seed=70002, kind="anaphase", size=spec.patch_px)
+    methods = ["integrated_gradients", "gradient_shap"]
+    _, _, first = explain_crop(model, crop, methods)
+    _, _, again = explain_crop(model, crop, methods)
+    for a, b in zip(first, again, strict=True):  # GradientSHAP draws from a seeded generator
+        assert np.array_equal(a.values, b.values), a.method
+    exact = AttributionSettings(bfloat16=False)
+    _, _, float32 = explain_crop(model, crop, methods, settings=exact)
+    for reduced, full in zip(first, float32, strict=True):
+        assert full.parameters["precision"] == "float32"
+        assert reduced.parameters["precision"] in {"bfloat16", "float32"}  # as the CPU can
+        assert spearman(reduced.values, full.values) > 0.9, reduced.method
+
+
 def test_a_chosen_target_class_is_explained(crop_model):
     model, spec = crop_model
     crop, _ = render_figure_crop(seed=70002, kind="anaphase", size=spec.patch_px)
@@ -201,16 +219,35 @@ def test_our_occlusion_is_captums(crop_model):
     ours = occlusion(model, image, baseline, 1, window=16, stride=8, per_eval=32)
     assert ours.shape == theirs.shape
     assert torch.allclose(ours, theirs, atol=1e-4 * float(theirs.abs().max()))
-    edge = image[..., :100, :100]  # windows that do not tile it: Captum's cut-off edges
+
+
+@pytest.mark.parametrize(
+    ("side", "window", "stride"),
+    [
+        (100, 16, 8),  # windows that do not tile the crop: Captum's cut-off edges
+        (96, 16, 8),  # 1.5 times the network's input: perturbed before resizing
+        (128, 5, 3),  # windows off the 2 px cells of the resize: the same
+    ],
+)
+def test_our_occlusion_is_captums_on_any_crop_and_window(crop_model, side, window, stride):
+    import torch
+    from captum.attr import Occlusion
+
+    from inference.engine.attribution import blurred, occlusion
+
+    model, spec = crop_model
+    crop, _ = render_figure_crop(71000, "anaphase", size=spec.patch_px)
+    image = torch.from_numpy(crop[:side, :side].copy()).permute(2, 0, 1)[None].float() / 255
+    baseline = blurred(image, 4.0)
     theirs = Occlusion(model).attribute(
-        edge,
-        sliding_window_shapes=(3, 16, 16),
-        strides=(3, 8, 8),
-        baselines=baseline[..., :100, :100],
+        image,
+        sliding_window_shapes=(3, window, window),
+        strides=(3, stride, stride),
+        baselines=baseline,
         target=1,
         perturbations_per_eval=32,
     )
-    ours = occlusion(model, edge, baseline[..., :100, :100], 1, window=16, stride=8, per_eval=32)
+    ours = occlusion(model, image, baseline, 1, window=window, stride=stride, per_eval=32)
     assert torch.allclose(ours, theirs, atol=1e-4 * float(theirs.abs().max()))
 
 

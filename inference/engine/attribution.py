@@ -11,11 +11,12 @@ order, and IG with its convergence delta.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,11 @@ class AttributionSettings:
     blur_sigma: float = 4.0
     deletion_steps: int = 16
     seed: int = 0
+    # IG and GradientSHAP in bfloat16 where the hardware computes it natively (about half
+    # the time): each averages 32 gradients, and their maps and figures stayed as in
+    # float32. Occlusion stays float32: each window is one difference of two scores, and
+    # bfloat16's rounding showed in its maps (docs/benchmarks.md).
+    bfloat16: bool = True
 
 
 @dataclass
@@ -91,12 +97,15 @@ class CropClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.module(self.network_input(x)).float()
+
+    def network_input(self, x: Tensor) -> Tensor:
+        """Crops as the network takes them: resized to its input and normalised."""
         if x.shape[-1] != self.input_px:
             x = F.interpolate(
                 x, size=(self.input_px, self.input_px), mode="bilinear", align_corners=False
             )
-        x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        return self.module(x)
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
 
 def fold_batch_norms(module: nn.Module) -> nn.Module:
@@ -206,6 +215,37 @@ def blurred(image: Tensor, sigma: float) -> Tensor:
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def _precision(image: Tensor, s: AttributionSettings) -> str:
+    """``bfloat16`` where the settings allow it and the hardware computes it natively (a
+    CUDA device that supports it, a CPU with AVX-512 BF16 or AMX), else ``float32``."""
+    if not s.bfloat16:
+        return "float32"
+    if image.device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bfloat16" if native else "float32"
+
+
+def _reduced_precision(image: Tensor, s: AttributionSettings) -> torch.autocast:
+    """Autocast to bfloat16 where :func:`_precision` says so (a no-op elsewhere)."""
+    enabled = _precision(image, s) == "bfloat16"
+    return torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@contextlib.contextmanager
+def _seeded_numpy(seed: int) -> Iterator[None]:
+    """numpy's global generator seeded for the block, then restored: Captum's GradientShap
+    draws its baselines and path points from it, so without this a crop's map changes
+    from call to call."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def _timed(function: Callable[[], Tensor | tuple]) -> tuple[Any, float]:
     start = time.perf_counter()
     result = function()
@@ -302,38 +342,43 @@ def _saliency(model, image, blur, target, s: AttributionSettings) -> MethodMap:
 
 
 def _integrated_gradients(model, image, blur, target, s: AttributionSettings) -> MethodMap:
+    # Two baselines: from black alone, IG credits every bright pixel (its maps were less
+    # faithful than a random order); from the blurred crop alone, the map is mostly the
+    # crop's edges whatever the weights (it failed the randomisation check).
     ig = IntegratedGradients(model)
     baselines = {"black": torch.zeros_like(image), "blurred": blur}
 
     def run():
-        return [
-            ig.attribute(
-                image,
-                baselines=b,
-                target=target,
-                n_steps=s.ig_steps,
-                internal_batch_size=s.ig_internal_batch,
-                return_convergence_delta=True,
-            )
-            for b in baselines.values()
-        ]
+        with _reduced_precision(image, s):
+            return [
+                ig.attribute(
+                    image,
+                    baselines=b,
+                    target=target,
+                    n_steps=s.ig_steps,
+                    internal_batch_size=s.ig_internal_batch,
+                    return_convergence_delta=True,
+                )
+                for b in baselines.values()
+            ]
 
     outputs, ms = _timed(run)
     values = np.mean([_reduce(a) for a, _ in outputs], axis=0)
     with torch.no_grad():  # the score difference IG distributes, to put the delta in scale
         logits = model(torch.cat([image, *baselines.values()]))[:, target]
-    deltas = {}
-    for i, (name, (_, d)) in enumerate(zip(baselines, outputs, strict=True)):
+    quality = {}
+    for i, (name, (_, delta)) in enumerate(zip(baselines, outputs, strict=True)):
         gap = float((logits[0] - logits[i + 1]).abs())
-        deltas[f"convergence_delta_{name}"] = round(float(d.abs().item()), 5)
-        deltas[f"relative_delta_{name}"] = round(float(d.abs().item()) / max(gap, 1e-6), 5)
+        quality[f"convergence_delta_{name}"] = round(float(delta.abs()), 5)
+        quality[f"relative_delta_{name}"] = round(float(delta.abs()) / max(gap, 1e-6), 5)
     parameters = {
         "n_steps": s.ig_steps,
         "baselines": list(baselines),
         "internal_batch_size": s.ig_internal_batch,
         "blur_sigma": s.blur_sigma,
+        "precision": _precision(image, s),
     }
-    return MethodMap("integrated_gradients", values, ms, deltas, parameters)
+    return MethodMap("integrated_gradients", values, ms, quality, parameters)
 
 
 def _occlusion(model, image, blur, target, s: AttributionSettings) -> MethodMap:
@@ -380,22 +425,64 @@ def occlusion(
         for top in range(0, height - window + 1, stride)
         for left in range(0, width - window + 1, stride)
     ]
+    drops = _occlusion_drops(model, image, baseline, target, corners, window, per_eval)
+    total = torch.zeros(height, width, device=image.device)
+    covered = torch.zeros(height, width, device=image.device)
+    for drop, (top, left) in zip(drops, corners, strict=True):
+        total[top : top + window, left : left + window] += drop
+        covered[top : top + window, left : left + window] += 1
+    return (total / covered.clamp(min=1)).expand(1, channels, height, width)
+
+
+def _occlusion_drops(
+    model: nn.Module,
+    image: Tensor,
+    baseline: Tensor,
+    target: int,
+    corners: list[tuple[int, int]],
+    window: int,
+    per_eval: int,
+) -> Tensor:
+    """The drop of the target's score for each window (at ``corners``) replaced by
+    ``baseline``. Where the crop is k times the network's input and the windows lie on
+    k-px cells, the windows are replaced on the network's input instead, once resized
+    and normalised: bilinear downsampling by an integer k reads each output pixel from
+    its own k-px cell, and normalising is per pixel, so the network sees the same input
+    without resizing each perturbed copy."""
+    cell = _input_cell(model, image, window, corners)
+    if cell:
+        network = model.module
+        image, baseline = model.network_input(image), model.network_input(baseline)
+        corners = [(top // cell, left // cell) for top, left in corners]
+        window //= cell
+        layout = model.memory_format
+    else:
+        network, layout = model, torch.contiguous_format
+    height, width = image.shape[-2:]
     drops = []
     with torch.no_grad():
-        score = model(image)[0, target]
+        score = network(image)[0, target]
+        difference = baseline - image
         for start in range(0, len(corners), per_eval):
             chunk = corners[start : start + per_eval]
             masks = torch.zeros(len(chunk), 1, height, width)
             for mask, (top, left) in zip(masks, chunk, strict=True):
                 mask[:, top : top + window, left : left + window] = 1
-            masks = masks.to(image.device)
-            drops.append(score - model(image * (1 - masks) + baseline * masks)[:, target])
-    total = torch.zeros(height, width, device=image.device)
-    covered = torch.zeros(height, width, device=image.device)
-    for drop, (top, left) in zip(torch.cat(drops), corners, strict=True):
-        total[top : top + window, left : left + window] += drop
-        covered[top : top + window, left : left + window] += 1
-    return (total / covered.clamp(min=1)).expand(1, channels, height, width)
+            perturbed = image + difference * masks.to(image.device)
+            drops.append(score - network(perturbed.contiguous(memory_format=layout))[:, target])
+    return torch.cat(drops)
+
+
+def _input_cell(model: nn.Module, image: Tensor, window: int, corners) -> int:
+    """k where ``image`` is k times a CropClassifier's input and every window lies on
+    k-px cells; else 0."""
+    if not isinstance(model, CropClassifier):
+        return 0
+    height, width = image.shape[-2:]
+    cell = width // model.input_px
+    aligned = all(top % cell == 0 and left % cell == 0 for top, left in corners)
+    exact = height == width == cell * model.input_px and window % cell == 0
+    return cell if cell and exact and aligned else 0
 
 
 def _gradient_shap(model, image, blur, target, s: AttributionSettings) -> MethodMap:
@@ -405,17 +492,15 @@ def _gradient_shap(model, image, blur, target, s: AttributionSettings) -> Method
     chunk = s.shap_chunk or s.shap_samples
     shap = GradientShap(model)
 
+    def sample(n: int) -> Tensor:
+        return shap.attribute(
+            image, baselines=distribution, n_samples=n, stdevs=s.shap_stdev, target=target
+        )
+
     def run():
-        parts = []
-        for start in range(0, s.shap_samples, chunk):
-            n = min(chunk, s.shap_samples - start)
-            parts.append(
-                shap.attribute(
-                    image, baselines=distribution, n_samples=n, stdevs=s.shap_stdev, target=target
-                )
-                * n
-            )
-        return torch.stack(parts).sum(0) / s.shap_samples
+        counts = [min(chunk, s.shap_samples - i) for i in range(0, s.shap_samples, chunk)]
+        with _reduced_precision(image, s), _seeded_numpy(s.seed):
+            return sum(sample(n) * n for n in counts) / s.shap_samples
 
     attribution, ms = _timed(run)
     parameters = {
@@ -423,6 +508,7 @@ def _gradient_shap(model, image, blur, target, s: AttributionSettings) -> Method
         "stdevs": s.shap_stdev,
         "chunk": s.shap_chunk,
         "baselines": ["black", "white", "blurred", "blurred grey"],
+        "precision": _precision(image, s),
     }
     return MethodMap("gradient_shap", _reduce(attribution), ms, {}, parameters)
 
