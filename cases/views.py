@@ -1,10 +1,7 @@
 """A slide's images: Deep Zoom descriptor and tiles, thumbnail, label and macro."""
 
-import logging
-from functools import wraps
 from pathlib import Path
 
-import openslide
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import redirect_to_login
@@ -19,16 +16,15 @@ from django.shortcuts import get_object_or_404
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET
 
-from slides import ReadTooLarge, associated_image, thumbnail
+from slides import associated_image, thumbnail
 
 from . import deepzoom, tiles
+from .decorators import slide_file_errors, unavailable
 from .forms import ThumbnailForm, error_sentences
 from .models import Slide
 from .services import shared_slide
 
 TILE_CACHE_SECONDS = 7 * 24 * 3600
-
-log = logging.getLogger(__name__)
 
 
 def _cached_image_response(request, etag: str, render_bytes, rendered: Path | None = None):
@@ -63,27 +59,6 @@ def _file_response(file: Path) -> HttpResponse | None:
         return FileResponse(file.open("rb"), content_type="image/jpeg")
     except OSError:  # not rendered yet, or an unusable cache
         return None
-
-
-def slide_file_errors(view):
-    """A slide file that went missing or unreadable on disk, or a read past the memory
-    bound, answers 503, not a 500 (and never with the server's path to the file)."""
-
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        try:
-            return view(request, *args, **kwargs)
-        except ReadTooLarge as error:
-            return _unavailable(f"The slide cannot be shown: {error}.")
-        except (openslide.OpenSlideError, OSError) as error:
-            log.warning("Slide file unreadable (%s): %s", request.path, error)
-            return _unavailable("The slide file cannot be read.")
-
-    return wrapper
-
-
-def _unavailable(message: str) -> HttpResponse:
-    return HttpResponse(message, status=503, content_type="text/plain")
 
 
 def _tile_slide(request, slide_id: int) -> Slide:
@@ -144,7 +119,7 @@ def slide_tile(request, slide_id: int, level: int, col: int, row: int):
         )
     except deepzoom.TileUndecodable:
         tiles.note_undecodable(slide.sha256, level, col, row)
-        return _unavailable("This part of the slide cannot be decoded: the slide file is damaged.")
+        return unavailable("This part of the slide cannot be decoded: the slide file is damaged.")
 
 
 @login_not_required  # checked below, through the grant cache

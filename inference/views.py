@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET, require_POST
 
+from cases.decorators import slide_file_errors
 from cases.forms import form_refusal
 from cases.services import (
     is_lab_admin,
@@ -23,7 +24,6 @@ from cases.services import (
     visible_cases,
     visible_slide,
 )
-from cases.views import slide_file_errors
 
 from . import explain, services
 from .api import FindingSerializer, RunSerializer

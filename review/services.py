@@ -193,6 +193,24 @@ def reviewed_findings(slide: Slide, reader=None) -> QuerySet:
     return findings.filter(pk__in=agreed) | added
 
 
+def reviewed_counts(slides, reader=None) -> list[tuple[Slide, dict | None]]:
+    """Each slide's HPF summary of its reviewed findings (the reader's own on a blinded
+    case; None before a run has finished); slides without a µm/px are left out."""
+    counted = []
+    for slide in slides:
+        try:
+            counted.append((slide, ai.reviewed_hpf(slide, reviewed_findings(slide, reader))))
+        except ai.MissingScale:
+            continue
+    return counted
+
+
+def highest_count(summaries) -> dict | None:
+    """The summary with the highest count per 10 HPF (the first of equals), None if none."""
+    present = [s for s in summaries if s]
+    return max(present, key=lambda s: s["count_per_10_hpf"], default=None)
+
+
 def review_progress(slide: Slide, reviewer) -> dict[str, int]:
     """How many of the findings to review the reviewer has decided: counted AI findings and
     added ones, or every AI finding for a blinded reader (inference.blinding); of those

@@ -114,17 +114,11 @@ def _sign_out_defaults(case: Case, slides, reader) -> dict:
     """Prefill the sign-out form from the highest reviewed count among the case's slides
     (a blinded reader's own; the AI count where nothing has been reviewed), never from a
     slide the AI was out of its domain on (those are listed as ``unverified``)."""
-    best, unverified = None, []
-    for slide in slides:
-        try:
-            counts = inference_services.reviewed_hpf(slide, review.reviewed_findings(slide, reader))
-        except inference_services.MissingScale:
-            continue
+    counted = review.reviewed_counts(slides, reader)
+    for slide, counts in counted:
         slide.reviewed = counts
-        if counts and counts["unverified"]:
-            unverified.append(slide.original_name)
-        elif counts and (best is None or counts["count_per_10_hpf"] > best["count_per_10_hpf"]):
-            best = counts
+    unverified = [slide.original_name for slide, c in counted if c and c["unverified"]]
+    best = review.highest_count(c for _, c in counted if c and not c["unverified"])
     return {**(best or {}), "unverified": unverified}
 
 

@@ -204,14 +204,7 @@ class Command(BaseCommand):
         tumour type's rule. Unlike the form, it also takes slides the AI was out of its
         domain on: after this review every mitosis there is decided or added, so the
         reviewed count is the reader's own count, not the AI's."""
-        best = None
-        for slide in case.slides.all():
-            try:
-                counts = ai.reviewed_hpf(slide, review.reviewed_findings(slide))
-            except ai.MissingScale:
-                continue
-            if counts and (best is None or counts["count_per_10_hpf"] > best["count_per_10_hpf"]):
-                best = counts
+        best = review.highest_count(c for _, c in review.reviewed_counts(case.slides.all()))
         if best is None:
             raise CommandError(
                 f"Case {case.accession} has no reviewed HPF count to sign out with "
