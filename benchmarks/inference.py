@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from benchmarks.machine import cpu_model  # noqa: E402
+from benchmarks.portal import bench_case, bench_user, portal_env, setup_portal  # noqa: E402
 from inference.engine.model_io import load_classifier, load_detector  # noqa: E402
 from inference.engine.patches import PatchDataset, model_input, patch_grid  # noqa: E402
 from inference.engine.pipeline import run_slide  # noqa: E402
@@ -114,39 +115,22 @@ class PortalJobs:
     RQ worker executes (see the module docstring)."""
 
     def __init__(self, work: Path, slide_path: Path, device: torch.device, readers: int):
-        self.env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "portal.settings",
-            "MITOLENS_VAR_DIR": str(work),
+        settings = {
             "SLIDE_IMPORT_DIRS": str(slide_path.parent),
-            "AUTO_RUN_INFERENCE": "0",
             "TILE_PRERENDER": "off",
             "INFERENCE_DEVICE": str(device),
             "INFERENCE_LOADER_WORKERS": str(readers),
-            "LOG_LEVEL": "WARNING",
         }
-        self.env.pop("DATABASE_URL", None)
-        self.env.pop("REDIS_URL", None)
-        os.environ.update(self.env)
-        import django
-
-        django.setup()
-        from django.contrib.auth.models import Group, User
-        from django.core.management import call_command
-
-        from cases.models import Case, Patient
+        self.env = {**os.environ, **portal_env(work, **settings)}
+        setup_portal(work, **settings)
         from cases.registration import register_slide
         from inference.registry import register_shipped_models
         from portal import embedded_redis
 
-        call_command("migrate", verbosity=0)
         self.redis = embedded_redis.start()
         register_shipped_models()
-        self.user = User.objects.create_user("bench-admin", password="bench-password-1")
-        self.user.groups.add(Group.objects.get(name="lab_admin"))
-        patient = Patient.objects.create(external_ref="BENCH")
-        case = Case.objects.create(accession="BENCH-1", patient=patient)
-        self.slide = register_slide(slide_path, case, slide_path.name)
+        self.user = bench_user("bench-admin", "lab_admin")
+        self.slide = register_slide(slide_path, bench_case(), slide_path.name)
 
     def run_once(self) -> tuple[float, dict]:
         """Queue an AI run, let a worker execute it; RQ's started → ended seconds and the

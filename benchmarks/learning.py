@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_model  # noqa: E402
+from benchmarks.portal import setup_portal  # noqa: E402
 
 HOLDOUT_SEEDS = (9501, 9502, 9503)
 REVIEW_SEEDS = tuple(range(9601, 9611))
@@ -248,15 +249,10 @@ def table(results: dict) -> str:
 
 def run(args, var: Path) -> dict:
     """The whole benchmark in the var dir ``var`` (Django set up here)."""
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
+    setup_portal(var)
     from inference.models import ModelVersion
     from inference.registry import register_shipped_models
 
-    call_command("migrate", verbosity=0)
     register_shipped_models()
     shipped = [
         (v.name, v.version) for v in ModelVersion.objects.filter(is_active=True).order_by("task")
@@ -324,13 +320,9 @@ def main():
     if not args.n or max(args.n) > len(REVIEW_SEEDS) or min(args.n) < 2:
         parser.error(f"--n values must be between 2 and {len(REVIEW_SEEDS)}")
     check_seeds()
-    for name in ("DATABASE_URL", "REDIS_URL"):  # its own SQLite database, never a shared one
-        os.environ.pop(name, None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
     with tempfile.TemporaryDirectory(prefix="mitolens-learning-") as tmp:
         var = (args.work or Path(tmp)).resolve()
         var.mkdir(parents=True, exist_ok=True)
-        os.environ["MITOLENS_VAR_DIR"] = str(var)
         args.json_out = args.json_out or var / "learning.json"
         results = run(args, var)
         args.json_out.write_text(json.dumps(results, indent=1))

@@ -24,13 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.portal import bench_user, setup_portal  # noqa: E402
+
 
 def setup(cases: int, findings: int):
-    import django
-
-    django.setup()
     import numpy as np
-    from django.contrib.auth.models import Group, User
     from django.core.management import call_command
     from django.utils import timezone
 
@@ -39,10 +37,8 @@ def setup(cases: int, findings: int):
     from inference.models import Finding, InferenceRun, ModelVersion
     from inference.tools.synth import generate_slide
 
-    call_command("migrate", verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)  # as production serves
-    user = User.objects.create_user("reader", password="x")
-    user.groups.add(Group.objects.get(name="pathologist"))
+    user = bench_user("reader", "pathologist")
     patient = Patient.objects.create(external_ref="BENCH")
     made = Case.objects.bulk_create(
         Case(accession=f"B-{i:05d}", patient=patient, priority=1 + i % 3) for i in range(cases)
@@ -128,20 +124,9 @@ def main():
     parser.add_argument("--cases", type=int, default=1000)
     parser.add_argument("--findings", type=int, default=10000)
     args = parser.parse_args()
-    var = tempfile.mkdtemp(prefix="mitolens-bench-")
-    os.environ.update(
-        {
-            "MITOLENS_VAR_DIR": var,
-            "SLIDE_IMPORT_DIRS": f"{var}/import",
-            "AUTO_RUN_INFERENCE": "0",
-            "DJANGO_SETTINGS_MODULE": "portal.settings",
-            "ALLOWED_HOSTS": "testserver",
-            "DEBUG": "0",
-            "SECRET_KEY": "benchmark-only-secret-key-" + "x" * 40,
-            "SECURE_SSL_REDIRECT": "0",
-            "LOG_LEVEL": "WARNING",
-        }
-    )
+    var = Path(tempfile.mkdtemp(prefix="mitolens-bench-"))
+    database = {"DATABASE_URL": os.environ["DATABASE_URL"]} if "DATABASE_URL" in os.environ else {}
+    setup_portal(var, **database)
     user, slide = setup(args.cases, args.findings)
     from django.test import Client
 

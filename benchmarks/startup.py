@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_model  # noqa: E402
-from benchmarks.tiles import portal_env  # noqa: E402
+from benchmarks.portal import portal_env  # noqa: E402
 
 PORT = 8773
 

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_model  # noqa: E402
+from benchmarks.portal import bench_case, bench_user, portal_env, setup_portal  # noqa: E402
 from tests.front import front_command, nginx_command  # noqa: E402
 
 VIEW_COLS, VIEW_ROWS = 7, 4
@@ -63,27 +64,15 @@ def parse_args():
     return parser.parse_args()
 
 
-def setup_portal(var_dir: Path, slide_path: Path) -> tuple[int, str]:
-    """Migrate a fresh SQLite portal, register the slide, return (slide id, session cookie)."""
-    os.environ.update(portal_env(var_dir))
-    import django
-
-    django.setup()
-    from django.contrib.auth.models import Group, User
+def setup_tile_portal(var_dir: Path, slide_path: Path) -> tuple[int, str]:
+    """Migrate a fresh portal, register the slide, return (slide id, session cookie)."""
+    setup_portal(var_dir, **tile_settings(var_dir))
     from django.contrib.sessions.backends.db import SessionStore
-    from django.core.management import call_command
 
-    from cases.models import Case, CaseAssignment, Patient
     from cases.registration import register_slide
 
-    call_command("migrate", verbosity=0)
-    user = User.objects.create_user("bench", password="bench-password-1")
-    user.groups.add(Group.objects.get(name="pathologist"))
-    case = Case.objects.create(
-        accession="BENCH-1", patient=Patient.objects.create(external_ref="B")
-    )
-    CaseAssignment.objects.create(case=case, pathologist=user)
-    slide = register_slide(slide_path, case, slide_path.name)
+    user = bench_user("bench", "pathologist")
+    slide = register_slide(slide_path, bench_case(reader=user), slide_path.name)
     session = SessionStore()
     session["_auth_user_id"] = str(user.pk)
     session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
@@ -92,21 +81,9 @@ def setup_portal(var_dir: Path, slide_path: Path) -> tuple[int, str]:
     return slide.pk, session.session_key
 
 
-def portal_env(var_dir: Path) -> dict[str, str]:
-    return {
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "MITOLENS_VAR_DIR": str(var_dir),
-        "SLIDE_IMPORT_DIRS": str(var_dir / "import"),
-        "DEBUG": "0",
-        "SECRET_KEY": "benchmark-only-secret-key-" + "x" * 40,
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "SECURE_SSL_REDIRECT": "0",
-        "DATABASE_URL": f"sqlite:///{var_dir / 'bench.sqlite3'}",
-        "LOG_LEVEL": "WARNING",
-        "TILE_CACHE_DIR": str(var_dir / "tiles"),
-        "TILE_PRERENDER": "all",
-        "AUTO_RUN_INFERENCE": "0",
-    }
+def tile_settings(var_dir: Path) -> dict[str, str]:
+    """The tile cache under var_dir, the whole pyramid rendered at registration."""
+    return {"TILE_CACHE_DIR": str(var_dir / "tiles"), "TILE_PRERENDER": "all"}
 
 
 def tile_levels(slide_path: Path):
@@ -295,9 +272,9 @@ def main() -> None:
         slide_path = work / "import" / "bench.tiff"
         print(f"Synthesising a {args.size} slide…", file=sys.stderr)
         generate_slide(slide_path, seed=11, size=(width, height), mpp=0.25)
-    slide_id, session_key = setup_portal(work, slide_path)
+    slide_id, session_key = setup_tile_portal(work, slide_path)
     level_count, level_tiles = tile_levels(slide_path)
-    env = {**os.environ, **portal_env(work)}
+    env = {**os.environ, **portal_env(work, **tile_settings(work))}
     rendering = prerender(slide_id, Path(env["TILE_CACHE_DIR"]))
     print(f"Pre-rendered {rendering}", flush=True)
     cold_cache = Path(tempfile.mkdtemp(dir=args.cold_cache, prefix="mitolens-cold-"))
