@@ -104,22 +104,22 @@ def optical_density(rgb: NDArray[np.uint8], dark: int = 64) -> NDArray[np.float3
     glass at all: the brightest tissue is the tail of a broad spread) white. Near-black
     pixels (every channel below ``dark``: a scanner's unscanned area) get 0.
     """
-    pixels = rgb.reshape(-1, 3)
-    brightness = pixels.sum(1, dtype=np.int32)
-    unfilled = pixels.min(1) < WHITE_FILL
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # channel by channel: numpy
+    brightness = red.astype(np.int16) + green + blue  # reduces a length-3 axis slowly
+    unfilled = np.minimum(np.minimum(red, green), blue) < WHITE_FILL
     counts = np.bincount(brightness[unfilled], minlength=3 * 255 + 1)
     glass = np.full(3, 255.0)
     if counts.sum():
         cutoff = np.searchsorted(np.cumsum(counts), 0.98 * counts.sum())  # the brightest 2 %
-        brightest = np.median(pixels[unfilled & (brightness >= cutoff)], axis=0)
+        brightest = np.median(rgb[unfilled & (brightness >= cutoff)], axis=0)
         level = int(brightest.sum())
         if counts[max(level - 4, 0) : level + 5].sum() >= GLASS_SHARE * counts.sum():
             glass = brightest
     # per channel, the density of each of the 256 values: three lookups a pixel
     levels = np.maximum(np.arange(256, dtype=np.float32), 1)
     table = np.log10(np.maximum(glass, 1)[:, None] / levels).clip(min=0).astype(np.float32)
-    density = table[0][rgb[..., 0]] + table[1][rgb[..., 1]] + table[2][rgb[..., 2]]
-    density[rgb.max(-1) < dark] = 0.0
+    density = table[0].take(red) + table[1].take(green) + table[2].take(blue)
+    density[np.maximum(np.maximum(red, green), blue) < dark] = 0.0
     return density
 
 
