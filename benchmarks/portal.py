@@ -1,5 +1,5 @@
-"""A fresh portal for a benchmark: its own folder, SQLite database and embedded Redis (never
-a shared database or Redis), production settings (DEBUG=0), no automatic AI runs."""
+"""A fresh portal for a benchmark: its own folder, SQLite database and embedded Redis (unless
+the caller names a database), production settings (DEBUG=0), no automatic AI runs."""
 
 import os
 from pathlib import Path
@@ -14,7 +14,7 @@ def portal_env(var_dir: Path, **settings: str) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "portal.settings",
         "MITOLENS_VAR_DIR": str(var_dir),
         "SLIDE_IMPORT_DIRS": str(var_dir / "import"),
-        "DATABASE_URL": f"sqlite:///{var_dir / 'bench.sqlite3'}",
+        "DATABASE_URL": f"sqlite:///{var_dir / 'mitolens.sqlite3'}",
         "REDIS_URL": "",  # the embedded redis-server under var_dir
         "DEBUG": "0",
         "SECRET_KEY": "benchmark-only-secret-key-" + "x" * 40,

@@ -39,9 +39,7 @@ def test_each_map_has_the_crops_size_is_finite_and_not_constant(crop_model):
     assert ig.quality["relative_delta_black"] < 0.05 and ig.quality["relative_delta_blurred"] < 0.05
 
 
-def test_maps_are_reproducible_and_reduced_precision_keeps_them(crop_model):
-    from inference.engine.attribution import AttributionSettings, spearman
-
+def test_maps_are_reproducible(crop_model):
     model, spec = crop_model
     crop, _ = render_figure_crop(seed=70002, kind="anaphase", size=spec.patch_px)
     methods = ["integrated_gradients", "gradient_shap"]
@@ -49,12 +47,23 @@ def test_maps_are_reproducible_and_reduced_precision_keeps_them(crop_model):
     _, _, again = explain_crop(model, crop, methods)
     for a, b in zip(first, again, strict=True):  # GradientSHAP draws from a seeded generator
         assert np.array_equal(a.values, b.values), a.method
-    exact = AttributionSettings(bfloat16=False)
-    _, _, float32 = explain_crop(model, crop, methods, settings=exact)
-    for reduced, full in zip(first, float32, strict=True):
-        assert full.parameters["precision"] == "float32"
-        assert reduced.parameters["precision"] in {"bfloat16", "float32"}  # as the CPU can
-        assert spearman(reduced.values, full.values) > 0.9, reduced.method
+
+
+def test_bfloat16_maps_stay_close_to_float32_ones(crop_model):
+    import torch
+
+    from inference.engine.attribution import AttributionSettings, _precision, spearman
+
+    if _precision(torch.zeros(1), AttributionSettings()) != "bfloat16":
+        pytest.skip("this CPU has no native bfloat16: the maps are computed in float32")
+    model, spec = crop_model
+    crop, _ = render_figure_crop(seed=70002, kind="anaphase", size=spec.patch_px)
+    methods = ["integrated_gradients", "gradient_shap"]
+    _, _, reduced = explain_crop(model, crop, methods)
+    _, _, full = explain_crop(model, crop, methods, settings=AttributionSettings(bfloat16=False))
+    for a, b in zip(reduced, full, strict=True):
+        assert (a.parameters["precision"], b.parameters["precision"]) == ("bfloat16", "float32")
+        assert spearman(a.values, b.values) > 0.9, a.method
 
 
 def test_a_chosen_target_class_is_explained(crop_model):
@@ -227,6 +236,7 @@ def test_our_occlusion_is_captums(crop_model):
         (100, 16, 8),  # windows that do not tile the crop: Captum's cut-off edges
         (96, 16, 8),  # 1.5 times the network's input: perturbed before resizing
         (128, 5, 3),  # windows off the 2 px cells of the resize: the same
+        (48, 16, 8),  # smaller than the network's input
     ],
 )
 def test_our_occlusion_is_captums_on_any_crop_and_window(crop_model, side, window, stride):

@@ -57,7 +57,7 @@ def test_embedded_redis_is_a_real_server(settings, tmp_path):
 
 def test_default_database_is_sqlite_under_var_unless_database_url():
     engine = settings.DATABASES["default"]["ENGINE"]
-    if "DATABASE_URL" in os.environ:
+    if os.environ.get("DATABASE_URL"):
         assert "postgresql" in engine
     else:
         assert engine.endswith("sqlite3")
@@ -65,7 +65,10 @@ def test_default_database_is_sqlite_under_var_unless_database_url():
 
 def test_an_empty_database_url_means_the_embedded_default(tmp_path):
     env = {**os.environ, "DATABASE_URL": "", "MITOLENS_VAR_DIR": str(tmp_path)}
-    code = "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"
+    code = (
+        "from django.conf import settings; "
+        "print(settings.DATABASES['default']['ENGINE'], settings.DATABASES['default']['NAME'])"
+    )
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
         cwd=ROOT,
@@ -74,4 +77,7 @@ def test_an_empty_database_url_means_the_embedded_default(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "django.db.backends.sqlite3"
+    assert (
+        result.stdout.splitlines()[-1]
+        == f"django.db.backends.sqlite3 {tmp_path / 'mitolens.sqlite3'}"
+    )

@@ -219,11 +219,13 @@ def _precision(image: Tensor, s: AttributionSettings) -> str:
     """``bfloat16`` where the settings allow it and the hardware computes it natively (a
     CUDA device that supports it, a CPU with AVX-512 BF16 or AMX), else ``float32``."""
     if not s.bfloat16:
-        return "float32"
-    if image.device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-    else:
+        native = False
+    elif image.device.type == "cuda":  # Ampere and later; older GPUs only emulate it
+        native = torch.cuda.get_device_capability(image.device)[0] >= 8
+    elif image.device.type == "cpu":
         native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    else:
+        native = False
     return "bfloat16" if native else "float32"
 
 
@@ -364,6 +366,8 @@ def _integrated_gradients(model, image, blur, target, s: AttributionSettings) ->
 
     outputs, ms = _timed(run)
     values = np.mean([_reduce(a) for a, _ in outputs], axis=0)
+    # The deltas come from the run's own precision, the gap from float32: both measure
+    # the same difference of scores, to within bfloat16's rounding of the end points.
     with torch.no_grad():  # the score difference IG distributes, to put the delta in scale
         logits = model(torch.cat([image, *baselines.values()]))[:, target]
     quality = {}
@@ -480,9 +484,10 @@ def _input_cell(model: nn.Module, image: Tensor, window: int, corners) -> int:
         return 0
     height, width = image.shape[-2:]
     cell = width // model.input_px
+    if not cell or not height == width == cell * model.input_px or window % cell:
+        return 0
     aligned = all(top % cell == 0 and left % cell == 0 for top, left in corners)
-    exact = height == width == cell * model.input_px and window % cell == 0
-    return cell if cell and exact and aligned else 0
+    return cell if aligned else 0
 
 
 def _gradient_shap(model, image, blur, target, s: AttributionSettings) -> MethodMap:
