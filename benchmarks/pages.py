@@ -34,6 +34,7 @@ def setup(cases: int, findings: int):
 
     from cases.models import Case, CaseAssignment, Patient
     from cases.registration import register_slide
+    from inference.hpf import compute_ai_map
     from inference.models import Finding, InferenceRun, ModelVersion
     from inference.tools.synth import generate_slide
 
@@ -98,6 +99,7 @@ def setup(cases: int, findings: int):
         ),
         batch_size=2000,
     )
+    compute_ai_map(run)  # the run's job ends with its HPF map
     return user, slide
 
 
