@@ -147,9 +147,10 @@ def _findings_payload(run, findings, user, slide) -> dict:
         )
     )
     columns = ["id", "x", "y", "x0", "y0", "x1", "y1", "score", "phase", "source", "run"]
-    data = {name: [row[i] for row in rows] for i, name in enumerate(columns)}
-    for name in ("x", "y", "x0", "y0", "x1", "y1"):
-        data[name] = [round(v, 1) for v in data[name]]
+    transposed = zip(*rows, strict=True) if rows else ([] for _ in columns)
+    data = {name: list(values) for name, values in zip(columns, transposed, strict=True)}
+    for name in ("x", "y", "x0", "y0", "x1", "y1"):  # numpy: 10,000 round() calls add up
+        data[name] = np.round(np.asarray(data[name], np.float64), 1).tolist()
     data["score"] = [None if v is None else round(v, 4) for v in data["score"]]
     hidden = hidden_finding_ids(user, slide)
     for i, finding_id in enumerate(data["id"]):  # reader study: hidden until decided
