@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from review.models import Decision
+from review.vocabulary import PHASE_SIGNS
 from tests.browser import ARTIFACTS, CHROMIUM, SKIP_REASON, sign_in, wait_until
 
 pytestmark = [
@@ -37,6 +38,9 @@ def test_a_pathologist_reviews_with_the_keyboard(
     )
     page.wait_for_selector("#review-panel:not([hidden])")
     assert "0 of 5 decided" in page.inner_text("#review-progress-text")
+    dot = "#phase-filters input[value=metaphase] + .phase-dot"  # drawn from the vocabulary
+    colour = page.eval_on_selector(dot, "e => getComputedStyle(e).backgroundColor")
+    assert colour == "rgb({}, {}, {})".format(*PHASE_SIGNS["metaphase"]["rgb"])
 
     page.keyboard.press("n")
     page.wait_for_selector("#finding-panel:not([hidden])")

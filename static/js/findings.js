@@ -10,6 +10,10 @@
   const VOCABULARY = JSON.parse(document.getElementById("mitolens-vocabulary").textContent);
   const PHASES = Object.fromEntries(VOCABULARY.phases.map((p) => [p.name, p]));
   PHASES.hidden = { label: "Blinded", shape: "circle", key: "", mitotic: true }; // reader study: not yet decided
+  // A phase's colour as CSS (none for the blinded sign: the dot's grey), and its dot.
+  const phaseColour = (name) => (PHASES[name] && PHASES[name].rgb ? `background:rgb(${PHASES[name].rgb.join(",")})` : "");
+  const phaseDot = (name) =>
+    `<span class="phase-dot shape-${PHASES[name] ? PHASES[name].shape : "circle"}" style="${phaseColour(name)}"></span>`;
   const VERDICT_COLOURS = { agree: "#00c853", disagree: "#ff1744", uncertain: "#ffab00" };
   const LOW = [255, 145, 0]; // score colour ramp: orange (at the threshold) to green (1.0)
   const HIGH = [0, 200, 83];
@@ -152,7 +156,7 @@
       const origin = fromEarlierRun(i)
         ? ` <span class="muted" title="Decided on an earlier run; the latest run did not find it again">from run ${f.run[i]}</span>` : "";
       const current = i === state.selected ? ' aria-current="true"' : "";
-      return `<li data-index="${i}"${current}><span class="phase-dot phase-${f.phase[i]}"></span>` +
+      return `<li data-index="${i}"${current}>${phaseDot(f.phase[i])}` +
         `<span>${phase}${mark}${origin}</span><span class="num">${score}</span><span class="muted">#${n + 1}</span></li>`;
     });
     list.innerHTML = rows.join("");
@@ -196,7 +200,7 @@
     const probs = Object.entries(finding.phase_probs || {}).sort((a, b) => b[1] - a[1]);
     $("phase-probs").innerHTML = probs.map(([phase, p]) =>
       `<div class="prob"><span>${PHASES[phase] ? PHASES[phase].label : phase}</span>` +
-      `<span class="bar"><span class="phase-${phase}" style="width:${(100 * p).toFixed(1)}%"></span></span>` +
+      `<span class="bar"><span style="width:${(100 * p).toFixed(1)}%;${phaseColour(phase)}"></span></span>` +
       `<span class="num">${(100 * p).toFixed(0)} %</span></div>`).join("");
     document.dispatchEvent(new CustomEvent("mitolens:finding", { detail: finding }));
   }
@@ -230,7 +234,7 @@
   function buildFilters() {
     $("phase-filters").innerHTML = Object.entries(PHASES).filter(([phase]) => phase !== "hidden").map(([phase, p]) =>
       `<label class="chip"><input type="checkbox" value="${phase}" ${state.phases.has(phase) ? "checked" : ""}>` +
-      `<span class="phase-dot phase-${phase}"></span>${p.label}</label>`).join("");
+      `${phaseDot(phase)}${p.label}</label>`).join("");
     $("phase-filters").addEventListener("change", (event) => {
       const box = event.target;
       if (box.checked) state.phases.add(box.value); else state.phases.delete(box.value);
