@@ -99,13 +99,19 @@ def cached(finding: Finding, version: ModelVersion, target: str):
     return Explanation.objects.filter(finding=finding, model_version=version, target=target)
 
 
+# The cheapest maps first, so a viewer polling for them has evidence on screen in
+# milliseconds (docs/benchmarks.md, "Explanations": occlusion takes the longest).
+COMPUTE_ORDER = ("saliency", "grad_cam", "gradient_shap", "integrated_gradients", "occlusion")
+
+
 def compute(finding: Finding, methods=METHODS, target: str | None = None) -> list[Explanation]:
     """The finding's maps for ``methods``: cached ones reused, the rest computed and saved
-    one by one (so a viewer polling for them sees each as soon as it is done)."""
+    one by one, cheapest first (a viewer polling for them sees each as soon as it is
+    done); returned in the order of ``methods``."""
     version = classifier_version(finding)
     target = target_name(version, finding, target)
     have = {e.method: e for e in cached(finding, version, target)}
-    missing = [m for m in methods if m not in have]
+    missing = sorted((m for m in methods if m not in have), key=COMPUTE_ORDER.index)
     if missing:
         from .engine.attribution import explain_crop
 
