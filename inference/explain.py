@@ -117,32 +117,40 @@ def compute(finding: Finding, methods=METHODS, target: str | None = None) -> lis
 
         model = _model(version.pk, version.sha256)
         crop = read_crop(finding, version)
-        x, y, size, mpp = crop_geometry(finding, version)
+        geometry = crop_geometry(finding, version)
         index = version.spec["class_names"].index(target)
-        for method in missing:
-            _, _, (result,) = explain_crop(model, crop, [method], index)
-            values = result.values.astype(np.float16)
-            explanation = Explanation(
-                finding=finding,
-                method=method,
-                target=target,
-                model_version=version,
-                parameters=result.parameters,
-                values=values.tobytes(),
-                width=size,
-                height=size,
-                value_min=float(values.min()),
-                value_max=float(values.max()),
-                quality=result.quality,
-                crop_x=x,
-                crop_y=y,
-                crop_mpp=mpp,
-                compute_ms=result.ms,
-            )
-            with contextlib.suppress(IntegrityError):  # another worker saved it first
-                explanation.save()
-            have[method] = explanation
+
+        def save(result) -> None:
+            have[result.method] = _saved(finding, version, target, geometry, result)
+
+        explain_crop(model, crop, missing, index, on_map=save)
     return [have[m] for m in methods]
+
+
+def _saved(finding: Finding, version: ModelVersion, target: str, geometry, result) -> Explanation:
+    """Store one computed map (unless another worker stored it first)."""
+    x, y, size, mpp = geometry
+    values = result.values.astype(np.float16)
+    explanation = Explanation(
+        finding=finding,
+        method=result.method,
+        target=target,
+        model_version=version,
+        parameters=result.parameters,
+        values=values.tobytes(),
+        width=size,
+        height=size,
+        value_min=float(values.min()),
+        value_max=float(values.max()),
+        quality=result.quality,
+        crop_x=x,
+        crop_y=y,
+        crop_mpp=mpp,
+        compute_ms=result.ms,
+    )
+    with contextlib.suppress(IntegrityError):  # another worker saved it first
+        explanation.save()
+    return explanation
 
 
 def values_of(explanation: Explanation) -> np.ndarray:

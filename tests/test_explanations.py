@@ -47,6 +47,9 @@ def test_maps_are_reproducible(crop_model):
     _, _, again = explain_crop(model, crop, methods)
     for a, b in zip(first, again, strict=True):  # GradientSHAP draws from a seeded generator
         assert np.array_equal(a.values, b.values), a.method
+    _, _, (alone,) = explain_crop(model, crop, ["gradient_shap"])  # as the worker asks
+    assert np.array_equal(alone.values, first[1].values)
+    assert alone.quality == first[1].quality
 
 
 def test_bfloat16_maps_stay_close_to_float32_ones(crop_model):

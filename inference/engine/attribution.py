@@ -269,15 +269,16 @@ def deletion_curves(
     target: int,
     steps: int,
     seed: int,
+    random: bool = True,
 ) -> dict[str, float]:
-    """Deletion AUC of each map and of a random order, in one batched pass.
+    """Deletion AUC of each map (and of a random order, as ``random``), in one batched pass.
 
     Pixels are replaced by the baseline in order of decreasing attribution, in ``steps``
     equal parts; the AUC is the mean class probability along the way (0-1)."""
     h, w = image.shape[-2:]
-    rng = np.random.default_rng(seed)
     orders = {name: np.argsort(-m.ravel(), kind="stable") for name, m in maps.items()}
-    orders["random"] = rng.permutation(h * w)
+    if random:
+        orders["random"] = np.random.default_rng(seed).permutation(h * w)
     batches = []
     for order in orders.values():
         rank = np.empty(h * w, np.int64)
@@ -299,8 +300,10 @@ def explain_crop(
     methods: Sequence[str] = METHODS,
     target: int | None = None,
     settings: AttributionSettings = AttributionSettings(),
+    on_map: Callable[[MethodMap], None] | None = None,
 ) -> tuple[int, np.ndarray, list[MethodMap]]:
-    """Attribution maps of ``model`` for one RGB uint8 crop (H, W, 3).
+    """Attribution maps of ``model`` for one RGB uint8 crop (H, W, 3), one method after
+    another, each handed to ``on_map`` as soon as it is done (with its figures).
 
     Returns (target class, class probabilities, one MethodMap per method). ``target``
     defaults to the predicted class.
@@ -319,20 +322,19 @@ def explain_crop(
     if not 0 <= target < len(probs):
         raise ValueError(f"target class {target} is not one of the model's {len(probs)} classes")
     blur = blurred(image, settings.blur_sigma)
-    torch.manual_seed(settings.seed)
-    results = [_METHOD_FUNCTIONS[m](model, image, blur, target, settings) for m in methods]
-    aucs = deletion_curves(
-        model,
-        image,
-        blur,
-        {r.method: r.values for r in results},
-        target,
-        settings.deletion_steps,
-        settings.seed,
-    )
-    for r in results:
-        r.quality["deletion_auc"] = round(aucs[r.method], 4)
-        r.quality["random_deletion_auc"] = round(aucs["random"], 4)
+    steps, seed = settings.deletion_steps, settings.seed
+    random_auc = deletion_curves(model, image, blur, {}, target, steps, seed)["random"]
+    results = []
+    for method in methods:
+        torch.manual_seed(seed)  # a map is the same whichever methods come with it
+        result = _METHOD_FUNCTIONS[method](model, image, blur, target, settings)
+        maps = {method: result.values}
+        auc = deletion_curves(model, image, blur, maps, target, steps, seed, random=False)
+        result.quality["deletion_auc"] = round(auc[method], 4)
+        result.quality["random_deletion_auc"] = round(random_auc, 4)
+        if on_map is not None:
+            on_map(result)
+        results.append(result)
     return target, probs, results
 
 
