@@ -127,8 +127,7 @@ def main():
     parser.add_argument("--findings", type=int, default=10000)
     args = parser.parse_args()
     var = Path(tempfile.mkdtemp(prefix="mitolens-bench-"))
-    database = {"DATABASE_URL": os.environ["DATABASE_URL"]} if "DATABASE_URL" in os.environ else {}
-    setup_portal(var, **database)
+    setup_portal(var, DATABASE_URL=os.environ.get("DATABASE_URL", ""))  # empty: SQLite
     user, slide = setup(args.cases, args.findings)
     from django.test import Client
 

@@ -221,15 +221,12 @@ class TiledTiffSlide(openslide.OpenSlide):
     def _read_grid(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> tuple[Rgb, bool] | None:
-        grid = self._grids.get(level)
-        if grid is None:
-            return None
+        if not self.reads_plain(location, level):
+            return None  # no plain grid, or OpenSlide would interpolate between pixels
         downsample = self._downsamples[level]
-        x, y = location[0] / downsample, location[1] / downsample
-        if not (x.is_integer() and y.is_integer()):
-            return None  # OpenSlide would interpolate between pixels
+        x, y = location[0] / downsample, location[1] / downsample  # whole: reads_plain
         try:
-            return grid.read_rgb(int(x), int(y), *size)
+            return self._grids[level].read_rgb(int(x), int(y), *size)
         except TileUnreadable as error:  # OpenSlide reads it, or reports the error its way
             log.warning("%s: %s; reading with OpenSlide", self._tiff.filename, error)
             return None
