@@ -46,7 +46,12 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
     past the slide's levels, whose source regions are larger than a chunk, are read in
     chunks (same pixels: slides.io.downscaled_region), and that tiles of plain tiled TIFF
     slides come straight from their decoded RGB pixels (same pixels, without OpenSlide's
-    RGBA region composited onto the background)."""
+    RGBA region composited onto the background).
+
+    Where a Deep Zoom level is one of the slide's own levels and its tiles are the slide
+    file's (same size, no overlap, JPEG a browser decodes as it is), :meth:`file_jpeg`
+    hands over the file's JPEG itself: nothing decoded or encoded again, and the pixels
+    the scanner wrote, not a second lossy copy."""
 
     def __init__(self, osr: openslide.AbstractSlide, *args, **kwargs) -> None:
         super().__init__(osr, *args, **kwargs)
@@ -55,6 +60,7 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
             level for level in range(self.level_count) if self._largest_read(level) > CHUNK_PX**2
         }
         self._read_rgb = osr.read_rgb if _reads_plain_rgb(osr) else None
+        self._file_levels = self._levels_sent_as_stored()
         self._block_sides = [self._block_side(level) for level in range(self.level_count)]
 
     def get_tile(self, level: int, address: tuple[int, int]) -> Image.Image:
@@ -64,6 +70,26 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
             return downscaled_region(self._osr, location, slide_level, size, tile_size)
         tiles = self.get_tiles(level, [address])
         return tiles[address] if tiles else super().get_tile(level, address)
+
+    def file_jpeg(self, level: int, address: tuple[int, int]) -> bytes | None:
+        """The slide file's own JPEG for the tile at ``address`` of ``level``, where the
+        level's tiles are the file's; None where it must be rendered (another level, an
+        edge tile, a stream found damaged)."""
+        slide_level = self._file_levels.get(level)
+        if slide_level is None:
+            return None
+        return self._osr.jpeg_tile(slide_level, *address, self._z_t_downsample)
+
+    def _levels_sent_as_stored(self) -> dict[int, int]:
+        """Deep Zoom level -> the slide level of the same size whose tiles it can send."""
+        if self._read_rgb is None or self._z_overlap:
+            return {}
+        by_size = {size: level for level, size in enumerate(self._osr.level_dimensions)}
+        return {
+            level: by_size[size]
+            for level, size in enumerate(self.level_dimensions)
+            if size in by_size
+        }
 
     def block(self, level: int, address: tuple[int, int]) -> list[tuple[int, int]]:
         """The addresses of the aligned block of tiles of ``level`` that ``address`` is
@@ -114,8 +140,8 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
     def _block_side(self, level: int) -> int:
         """Tiles a side of ``level``'s blocks: up to BLOCK_TILES, while a block's source
         region stays within BLOCK_SOURCE_PX a side."""
-        if self._read_rgb is None or level in self._chunked:
-            return 1
+        if self._read_rgb is None or level in self._chunked or level in self._file_levels:
+            return 1  # a level sent as stored renders only its edge tiles
         location, slide_level, size = self._get_tile_info(level, self._inner_tile(level))[0]
         if not self._osr.reads_plain(location, slide_level):
             return 1  # OpenSlide reads it: one tile at a time, in parallel
@@ -305,8 +331,13 @@ def _store(file: Path, data: bytes) -> None:
 def _tile_jpeg(path: Path, opened: OpenedSlide, level: int, col: int, row: int) -> bytes:
     """Render one tile of ``opened`` (the open handle of ``path``). Raises TileUndecodable
     when the file's data for it cannot be decoded (ReadTooLarge propagates as it is)."""
+    return encode_jpeg(_tile_image(path, opened, level, col, row))
+
+
+def _tile_image(path: Path, opened: OpenedSlide, level: int, col: int, row: int) -> Image.Image:
+    """One tile's pixels; raises as :func:`_tile_jpeg`."""
     try:
-        return encode_jpeg(opened.deepzoom.get_tile(level, (col, row)))
+        return opened.deepzoom.get_tile(level, (col, row))
     except ReadTooLarge:
         raise
     except openslide.OpenSlideError as error:
@@ -345,6 +376,10 @@ def render_tile(source: TileSource, level: int, col: int, row: int) -> bytes | N
     cols, rows = deepzoom.level_tiles[level]
     if not (0 <= col < cols and 0 <= row < rows):
         return None
+    data = deepzoom.file_jpeg(level, (col, row))
+    if data is not None:
+        _store_rendered(tile_file(source.sha256, level, col, row), data)
+        return data
     block = deepzoom.block(level, (col, row))
     lock = _block_locks[hash((source.sha256, level, block[0])) % len(_block_locks)]
     with lock:
@@ -423,7 +458,7 @@ def prerender(
                 rendered += len(done)
                 continue
         try:
-            data = _tile_jpeg(source.path, handles.get(source.path), level, col, row)
+            data = _checked_tile(source.path, handles.get(source.path), level, col, row)
         except TileUndecodable as error:
             log.warning("%s: %s", source.sha256[:12], error)
             undecodable += 1
@@ -432,6 +467,14 @@ def prerender(
         rendered += 1
     mark_viewed(source.sha256)
     return Prerendered(rendered, undecodable)
+
+
+def _checked_tile(path: Path, opened: OpenedSlide, level: int, col: int, row: int) -> bytes:
+    """A tile's JPEG as pre-rendering stores it: the slide file's own where it sends that
+    (decoded once all the same, so damage in its data marks the slide), else rendered.
+    Raises as :func:`_tile_jpeg`."""
+    image = _tile_image(path, opened, level, col, row)
+    return opened.deepzoom.file_jpeg(level, (col, row)) or encode_jpeg(image)
 
 
 def mark_viewed(sha256: str) -> None:

@@ -214,8 +214,13 @@ INFERENCE_LOADER_WORKERS = int(os.environ.get("INFERENCE_LOADER_WORKERS", 2))
 # hotspot window must be tissue. MITOTIC_GRADE_RULES may override inference.grading's.
 HPF_AREA_MM2 = float(os.environ.get("HPF_AREA_MM2", 0.237))
 HPF_MIN_TISSUE = float(os.environ.get("HPF_MIN_TISSUE", 0.95))
-DEEPZOOM_TILE_SIZE = 254
-DEEPZOOM_OVERLAP = 1
+# Deep Zoom tiles: where a slide level's own tiles are this size (and the overlap 0),
+# the viewer gets the file's JPEGs as they are, neither decoded nor encoded again (most
+# scanners write 256 px tiles; Aperio often 240). Other levels and slides are rendered.
+DEEPZOOM_TILE_SIZE = int(os.environ.get("DEEPZOOM_TILE_SIZE", 256))
+DEEPZOOM_OVERLAP = int(os.environ.get("DEEPZOOM_OVERLAP", 0))
+if not (64 <= DEEPZOOM_TILE_SIZE <= 2048 and 0 <= DEEPZOOM_OVERLAP <= 8):
+    raise ImproperlyConfigured("DEEPZOOM_TILE_SIZE must be 64-2048 px, DEEPZOOM_OVERLAP 0-8")
 DEEPZOOM_JPEG_QUALITY = 75
 FILE_UPLOAD_TEMP_DIR = str(VAR_DIR / "uploads")
 Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)

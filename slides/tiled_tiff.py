@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import threading
 from collections import OrderedDict
+from io import BytesIO
 from os import PathLike
 
 import numpy as np
@@ -35,6 +37,10 @@ DECODABLE = {
     (tifffile.COMPRESSION.LZW, tifffile.PHOTOMETRIC.RGB),
     (tifffile.COMPRESSION.ADOBE_DEFLATE, tifffile.PHOTOMETRIC.RGB),
 }
+# JPEG tiles whose streams a browser decodes as they are (YCbCr, the JPEG default).
+SENDABLE = (tifffile.COMPRESSION.JPEG, tifffile.PHOTOMETRIC.YCBCR)
+SOI, EOI, SOS = b"\xff\xd8", b"\xff\xd9", 0xDA
+FRAME_MARKERS = {0xC0, 0xC1, 0xC2}  # baseline, extended, progressive
 WHITE = 255
 ABSENT = object()  # not in the cache (None is a tile the file leaves out)
 Rgb = NDArray[np.uint8]
@@ -108,6 +114,8 @@ class TileGrid:
         self.width, self.height = page.imagewidth, page.imagelength
         self.tile_w, self.tile_h = page.tilewidth, page.tilelength
         self._columns = -(-self.width // self.tile_w)
+        # Set when the slide is opened, after one tile's stream decoded to its pixels.
+        self.sends_jpeg = False
 
     def read_rgb(self, x: int, y: int, width: int, height: int) -> tuple[Rgb, bool]:
         """The ``height x width x 3`` region at ``(x, y)`` of this page, white where there
@@ -141,6 +149,34 @@ class TileGrid:
             tile = self._decode(ty * self._columns + tx)
             self._cache.put(key, tile)
         return tile
+
+    def jpeg(self, tx: int, ty: int) -> bytes | None:
+        """Tile ``(tx, ty)`` as the file stores it, made a complete JPEG file (the page's
+        shared tables put in); None where the file leaves it out or its stream is not a
+        whole JPEG of the tile's size."""
+        index = ty * self._columns + tx
+        offset, size = self._page.dataoffsets[index], self._page.databytecounts[index]
+        if not offset or not size:
+            return None
+        data = os.pread(self._fd, size, offset)
+        tables = self._page.jpegtables
+        if tables and tables.startswith(SOI) and tables.endswith(EOI):
+            data = tables[:-2] + data[2:] if data.startswith(SOI) else b""
+        return data if _whole_jpeg(data, self.tile_w, self.tile_h) else None
+
+    def jpeg_agrees(self) -> bool:
+        """Whether this page's JPEG streams, sent as they are, decode (with Pillow, as a
+        browser would) to the pixels read here: checked on its first tile."""
+        if (self._page.compression, self._page.photometric) != SENDABLE:
+            return False
+        data = self.jpeg(0, 0)
+        try:
+            ours = self._tile(0, 0)
+            with Image.open(BytesIO(data or b"")) as image:
+                sent = np.asarray(image.convert("RGB"))
+        except (TileUnreadable, OSError):
+            return False
+        return ours is not None and np.array_equal(sent, ours)
 
     def _decode(self, index: int) -> Rgb | None:
         """Tile ``index``, or None for a tile the file leaves out (OpenSlide reads those as
@@ -192,6 +228,18 @@ class TiledTiffSlide(openslide.OpenSlide):
         plain tiled level, at whole pixels of it) rather than from OpenSlide."""
         downsample = self._downsamples[level]
         return level in self._grids and all((value / downsample).is_integer() for value in location)
+
+    def jpeg_tile(self, level: int, tx: int, ty: int, tile_px: int) -> bytes | None:
+        """The file's own JPEG for tile ``(tx, ty)`` of ``level``, when that level's tiles
+        are ``tile_px`` square JPEGs a browser decodes to the same pixels and this one lies
+        wholly inside the level (edge tiles are padded in the file); None otherwise, or
+        where its stream is damaged: decode the tile then."""
+        grid = self._grids.get(level)
+        if grid is None or not grid.sends_jpeg or grid.tile_w != tile_px or grid.tile_h != tile_px:
+            return None
+        if (tx + 1) * tile_px > grid.width or (ty + 1) * tile_px > grid.height:
+            return None
+        return grid.jpeg(tx, ty)
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
@@ -247,6 +295,8 @@ class TiledTiffSlide(openslide.OpenSlide):
         if 0 not in self._grids or not self._level0_agrees():
             self._grids.clear()
             self._close_tiff()
+        for grid in self._grids.values():
+            grid.sends_jpeg = grid.jpeg_agrees()
 
     def _level0_agrees(self) -> bool:
         grid = self._grids[0]
@@ -260,6 +310,24 @@ class TiledTiffSlide(openslide.OpenSlide):
             return False
         theirs = np.asarray(super().read_region((x, y), 0, size))
         return bool(np.array_equal(ours, theirs[..., :3]) and theirs[..., 3].min() == 255)
+
+
+def _whole_jpeg(data: bytes, width: int, height: int) -> bool:
+    """Whether ``data`` is a JPEG file of ``width`` x ``height`` px with three components:
+    SOI, marker segments up to the scan with a frame of that size, EOI at the end. The
+    entropy-coded data is not decoded."""
+    if not (data.startswith(SOI) and data.endswith(EOI)):
+        return False
+    position, frame = 2, None
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == SOS:
+            return frame == (height, width, 3)
+        if marker in FRAME_MARKERS and length >= 8 and position + 10 <= len(data):
+            frame = struct.unpack(">HHB", data[position + 5 : position + 10])
+        position += 2 + length
+    return False
 
 
 def _is_plain_grid(page: tifffile.TiffPage) -> bool:

@@ -34,6 +34,7 @@ from slides import ReadTooLarge, Scale, open_slide, read_region, thumbnail
 from slides.validate import read_bounds_problem
 from tests.conftest import run_worker_burst, subprocess_env
 from tests.test_tiles import expected_tile
+from tests.test_tiles import generator as portal_generator
 
 GIB = 1024**3
 
@@ -304,7 +305,7 @@ def test_the_web_process_stays_under_1_gb_serving_every_tile(
     write_plain_slide(source, 6144, synthetic_slide)
     slide = register_slide(source, case, source.name)
     with openslide.OpenSlide(slide.path) as opened:
-        generator = DeepZoomGenerator(opened, 254, 1, limit_bounds=False)
+        generator = portal_generator(opened)
         urls = [
             f"/slides/{slide.pk}_files/{level}/{col}_{row}.jpeg"
             for level in range(generator.level_count)
@@ -397,7 +398,7 @@ def openslide_failures(path: Path) -> list[tuple[int, int, int]]:
     after each failure: OpenSlide refuses every read after one has failed)."""
     failures = []
     slide = openslide.OpenSlide(path)
-    generator = DeepZoomGenerator(slide, 254, 1, limit_bounds=False)
+    generator = portal_generator(slide)
     for level in range(generator.level_count):
         for row in range(generator.level_tiles[level][1]):
             for col in range(generator.level_tiles[level][0]):
@@ -406,7 +407,7 @@ def openslide_failures(path: Path) -> list[tuple[int, int, int]]:
                 except openslide.OpenSlideError:
                     failures.append((level, col, row))
                     slide = openslide.OpenSlide(path)
-                    generator = DeepZoomGenerator(slide, 254, 1, limit_bounds=False)
+                    generator = portal_generator(slide)
     return failures
 
 
@@ -478,11 +479,16 @@ def test_the_viewer_records_bad_tiles_once_and_keeps_serving(
 
 @pytest.mark.django_db
 def test_a_good_tile_beside_a_damaged_one_in_its_block_is_served(
-    client_for, pathologist, case, damaged, tile_dir
+    client_for, pathologist, case, damaged, tile_dir, settings
 ):
-    path, failures = damaged
+    """Tiles with overlap are all rendered, a block at a time (none is the file's own)."""
+    path, _ = damaged
+    settings.DEEPZOOM_TILE_SIZE, settings.DEEPZOOM_OVERLAP = 254, 1
+    failures = openslide_failures(path)
     slide = register_slide(path, case, "damaged.tiff")
+    deepzoom.handles.forget(slide.path, deepzoom.handles.get(slide.path))  # opened with 256/0
     generator = deepzoom.handles.get(slide.path).deepzoom
+    assert (generator._z_t_downsample, generator._z_overlap) == (254, 1)
     bad = set(failures)
     level, col, row = next(
         (level, *address)
@@ -491,6 +497,7 @@ def test_a_good_tile_beside_a_damaged_one_in_its_block_is_served(
         if (level, *address) not in bad and len(generator.block(level, (col, row))) > 1
     )
     response = client_for(pathologist).get(f"/slides/{slide.pk}_files/{level}/{col}_{row}.jpeg")
+    deepzoom.handles.forget(slide.path, deepzoom.handles.get(slide.path))  # for later tests
     assert response.status_code == 200
     assert response.content == expected_tile(path, level, col, row)
 
@@ -576,7 +583,8 @@ def test_a_crop_on_damaged_data_does_not_poison_the_shared_handle(
             box_y1=y + 9, score=0.9, phase="metaphase",
         )  # fmt: skip
 
-    bad = finding_at(col * 254 + 127, row * 254 + 127)  # the deepest level is level 0
+    side = settings.DEEPZOOM_TILE_SIZE  # the deepest level is level 0
+    bad = finding_at(col * side + side // 2, row * side + side // 2)
     good = finding_at(40.0, 40.0)
     client = client_for(pathologist)
     handle = deepzoom.handles.get(slide.path)

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from cases import deepzoom, tiles
 from cases.models import CaseAssignment, Slide
 from tests.conftest import run_worker_burst
-from tests.test_tiles import expected_tile
+from tests.test_tiles import expected_tile, file_tile
 
 
 @pytest.fixture
@@ -25,6 +25,16 @@ def unwritable_tile_dir(settings, tmp_path):
     blocker.write_text("")
     settings.TILE_CACHE_DIR = blocker / "tiles"
     return settings.TILE_CACHE_DIR
+
+
+@pytest.fixture
+def rendered_tiles(settings, slide):
+    """OpenSlide's example geometry (254 px, overlap 1): no tile is the file's own JPEG,
+    every one is rendered, a block at a time. The slide is reopened with it, and after."""
+    settings.DEEPZOOM_TILE_SIZE, settings.DEEPZOOM_OVERLAP = 254, 1
+    deepzoom.handles.forget(slide.path, deepzoom.handles.get(slide.path))
+    yield
+    deepzoom.handles.forget(slide.path, deepzoom.handles.get(slide.path))
 
 
 def source_of(slide: Slide) -> deepzoom.TileSource:
@@ -68,7 +78,7 @@ def test_a_front_web_server_sends_rendered_tiles_after_the_permission_check(
 
 
 @pytest.mark.django_db
-def test_a_cold_tile_renders_its_block_with_it(slide, tile_dir):
+def test_a_cold_tile_renders_its_block_with_it(slide, tile_dir, rendered_tiles):
     generator = deepzoom.handles.get(slide.path).deepzoom
     top = generator.level_count - 1
     block = generator.block(top, (5, 2))
@@ -82,7 +92,21 @@ def test_a_cold_tile_renders_its_block_with_it(slide, tile_dir):
 
 
 @pytest.mark.django_db
-def test_a_block_asked_for_by_many_viewers_at_once_is_rendered_once(slide, tile_dir, monkeypatch):
+def test_a_cold_tile_of_the_slides_own_level_is_its_jpeg_stored_without_encoding(
+    slide, tile_dir, monkeypatch
+):
+    monkeypatch.setattr(deepzoom, "encode_jpeg", lambda image: pytest.fail("encoded"))
+    top = deepzoom.handles.get(slide.path).deepzoom.level_count - 1
+    data = deepzoom.render_tile(source_of(slide), top, 5, 2)
+    assert data == file_tile(slide.path, 0, 5, 2)
+    assert deepzoom.tile_file(slide.sha256, top, 5, 2).read_bytes() == data
+    assert not deepzoom.tile_file(slide.sha256, top, 4, 2).exists()  # no block: nothing to save
+
+
+@pytest.mark.django_db
+def test_a_block_asked_for_by_many_viewers_at_once_is_rendered_once(
+    slide, tile_dir, rendered_tiles, monkeypatch
+):
     encoded = []
     encode = deepzoom.encode_jpeg
     monkeypatch.setattr(deepzoom, "encode_jpeg", lambda image: encoded.append(1) or encode(image))
@@ -107,7 +131,7 @@ def test_a_cache_that_cannot_be_written_still_serves_the_tile(
 
 @pytest.mark.django_db
 def test_a_cache_that_cannot_be_written_gets_no_block_encoded_for_nothing(
-    slide, unwritable_tile_dir, monkeypatch
+    slide, unwritable_tile_dir, rendered_tiles, monkeypatch
 ):
     encoded = []
     encode = deepzoom.encode_jpeg
@@ -122,6 +146,8 @@ def test_prerender_renders_every_tile_once(slide, tile_dir):
     addresses = pyramid(slide)
     assert deepzoom.prerender(source_of(slide)) == deepzoom.Prerendered(len(addresses), 0)
     assert all(deepzoom.tile_file(slide.sha256, *address).is_file() for address in addresses)
+    stored = deepzoom.tile_file(slide.sha256, addresses[-1][0], 1, 1)  # of the top level
+    assert stored.read_bytes() == file_tile(slide.path, 0, 1, 1)
     assert deepzoom.prerender(source_of(slide)) == deepzoom.Prerendered(0, 0)
 
 

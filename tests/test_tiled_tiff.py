@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,12 @@ import openslide
 import pytest
 import tifffile
 from openslide.deepzoom import DeepZoomGenerator
+from PIL import Image
 
 from cases.deepzoom import BoundedDeepZoomGenerator
 from inference.engine.patches import PatchDataset, sharded_batches
 from slides import Scale, open_slide, read_region, thumbnail
-from slides.tiled_tiff import ABSENT, TileCache
+from slides.tiled_tiff import ABSENT, TileCache, _whole_jpeg
 
 WIDTH, HEIGHT = 1100, 900  # not a multiple of the tile size: edge tiles are partial
 
@@ -168,3 +170,46 @@ def test_tile_cache_keeps_to_its_budget() -> None:
         cache.put((0, i, 0), np.zeros(100, np.uint8))
     assert cache.get((0, 0, 0)) is ABSENT and cache.get((0, 1, 0)) is ABSENT
     assert all(cache.get((0, i, 0)) is not ABSENT for i in (2, 3, 4))
+
+
+def test_tiles_sent_as_stored_are_the_files_jpegs_with_openslides_pixels(
+    tiled_tiff: Path,
+) -> None:
+    """With 256 px tiles and no overlap, inner tiles of the slide's own levels are the
+    file's JPEG streams (decoding to OpenSlide's pixels); edge tiles, levels in between
+    and tiles that are not JPEG streams a browser reads as they are, are rendered."""
+    with open_slide(tiled_tiff) as ours, openslide.OpenSlide(tiled_tiff) as theirs:
+        mine = BoundedDeepZoomGenerator(ours, 256, 0, limit_bounds=False)
+        reference = DeepZoomGenerator(theirs, 256, 0, limit_bounds=False)
+        photometric = tifffile.TiffFile(tiled_tiff).pages[0].photometric
+        sent = set()
+        for level in range(mine.level_count):
+            cols, rows = mine.level_tiles[level]
+            for address in ((c, r) for c in range(cols) for r in range(rows)):
+                data = mine.file_jpeg(level, address)
+                if data is None:
+                    continue
+                sent.add((level, *address))
+                with Image.open(BytesIO(data)) as image:
+                    decoded = np.asarray(image.convert("RGB"))
+                expected = np.asarray(reference.get_tile(level, address))
+                assert np.array_equal(decoded, expected), (level, address)
+    top = mine.level_count - 1
+    if photometric == tifffile.PHOTOMETRIC.YCBCR:  # the inner tiles of levels 0 and 1
+        inner = {(top, c, r) for c in range(4) for r in range(3)}
+        assert sent == inner | {(top - 1, 0, 0), (top - 1, 1, 0)}
+    else:
+        assert not sent
+
+
+def test_a_damaged_jpeg_stream_is_not_sent_as_it_is() -> None:
+    whole = BytesIO()
+    Image.new("RGB", (256, 256), "pink").save(whole, "jpeg")
+    data = whole.getvalue()
+    assert _whole_jpeg(data, 256, 256)
+    assert not _whole_jpeg(data, 254, 256)  # another size
+    assert not _whole_jpeg(data[: len(data) // 2], 256, 256)  # truncated
+    assert not _whole_jpeg(b"\0" * 100 + data[100:], 256, 256)
+    broken = bytearray(data)
+    broken[4:6] = b"\xff\xff"  # a segment length pointing past the header
+    assert not _whole_jpeg(bytes(broken), 256, 256)

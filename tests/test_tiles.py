@@ -2,20 +2,47 @@
 
 from io import BytesIO
 
+import numpy as np
 import openslide
 import pytest
+import tifffile
+from django.conf import settings
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
 from cases import deepzoom
 
 
+def generator(source) -> DeepZoomGenerator:
+    """OpenSlide's own Deep Zoom generator with the portal's tile settings."""
+    return DeepZoomGenerator(
+        source, settings.DEEPZOOM_TILE_SIZE, settings.DEEPZOOM_OVERLAP, limit_bounds=False
+    )
+
+
 def expected_tile(path, level, col, row) -> bytes:
+    """The tile OpenSlide's example server would send (rendered, JPEG at quality 75)."""
     with openslide.OpenSlide(path) as source:
-        tile = DeepZoomGenerator(source, 254, 1).get_tile(level, (col, row))
+        tile = generator(source).get_tile(level, (col, row))
         buffer = BytesIO()
         tile.save(buffer, "jpeg", quality=75)
         return buffer.getvalue()
+
+
+def file_tile(path, level_index, col, row) -> bytes:
+    """Tile (col, row) of the TIFF's page ``level_index`` exactly as the file stores it."""
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[level_index]
+        index = row * -(-page.imagewidth // page.tilewidth) + col
+        offset, size = page.dataoffsets[index], page.databytecounts[index]
+    with open(path, "rb") as file:
+        file.seek(offset)
+        return file.read(size)
+
+
+def served(response) -> bytes:
+    # a tile rendered with an earlier one's block is sent as a file
+    return b"".join(response.streaming_content) if response.streaming else response.content
 
 
 @pytest.mark.django_db
@@ -24,25 +51,52 @@ def test_dzi_describes_the_slide(client_for, pathologist, slide):
     assert response.status_code == 200
     assert response["Content-Type"] == "application/xml"
     body = response.content.decode()
-    assert 'TileSize="254"' in body and 'Overlap="1"' in body and 'Format="jpeg"' in body
+    assert 'TileSize="256"' in body and 'Overlap="0"' in body and 'Format="jpeg"' in body
     assert f'Width="{slide.width}"' in body and f'Height="{slide.height}"' in body
 
 
 @pytest.mark.django_db
 def test_tiles_are_pixel_identical_to_openslide_deepzoom(client_for, pathologist, slide):
+    """A tile is the slide file's own JPEG, decoding to OpenSlide's pixels, or rendered
+    as OpenSlide's example server renders it (quality 75), to the byte."""
     client = client_for(pathologist)
     with openslide.OpenSlide(slide.path) as source:
-        generator = DeepZoomGenerator(source, 254, 1)
-        top = generator.level_count - 1
-        addresses = [(top, 0, 0), (top, 3, 2), (top - 2, 1, 0), (top - 4, 0, 0), (0, 0, 0)]
-    for level, col, row in addresses:
+        deepzoom_levels = generator(source)
+        top = deepzoom_levels.level_count - 1
+        last_col = deepzoom_levels.level_tiles[top][0] - 1
+        own = [(top, 0, 0), (top, 3, 2), (top - 2, 1, 0)]
+        expected = {a: np.asarray(deepzoom_levels.get_tile(a[0], a[1:])) for a in own}
+    for level, col, row in own + [(top, last_col, 0), (top - 4, 0, 0), (0, 0, 0)]:
         response = client.get(f"/slides/{slide.pk}_files/{level}/{col}_{row}.jpeg")
         assert response.status_code == 200, (level, col, row)
         assert response["Content-Type"] == "image/jpeg"
-        # a tile rendered with an earlier one's block is sent as a file
-        served = b"".join(response.streaming_content) if response.streaming else response.content
-        assert served == expected_tile(slide.path, level, col, row)
-        assert Image.open(BytesIO(served)).mode == "RGB"
+        image = Image.open(BytesIO(served(response)))
+        assert image.mode == "RGB"
+        if (level, col, row) in expected:
+            assert np.array_equal(np.asarray(image), expected[(level, col, row)])
+        else:
+            assert served(response) == expected_tile(slide.path, level, col, row)
+
+
+@pytest.mark.django_db
+def test_the_slides_own_levels_send_its_jpegs_and_other_tiles_are_rendered(
+    client_for, pathologist, slide
+):
+    """Inner tiles of Deep Zoom levels that are the slide's own levels are the file's JPEG
+    bytes; edge tiles (padded in the file) and levels between are rendered."""
+    client = client_for(pathologist)
+    with openslide.OpenSlide(slide.path) as source:
+        deepzoom_levels = generator(source)
+        top = deepzoom_levels.level_count - 1
+        last_col = deepzoom_levels.level_tiles[top][0] - 1
+
+    def tile(level, col, row) -> bytes:
+        return served(client.get(f"/slides/{slide.pk}_files/{level}/{col}_{row}.jpeg"))
+
+    assert tile(top, 1, 1) == file_tile(slide.path, 0, 1, 1)
+    assert tile(top - 1, 2, 1) == file_tile(slide.path, 1, 2, 1)
+    assert tile(top, last_col, 1) == expected_tile(slide.path, top, last_col, 1)
+    assert tile(top - 4, 0, 0) == expected_tile(slide.path, top - 4, 0, 0)
 
 
 @pytest.mark.django_db
