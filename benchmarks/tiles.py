@@ -3,7 +3,10 @@
 Starts each server fresh for every scenario and client count, plays the same request
 lists against both, and prints tiles/s and p50/p95 latency. The portal runs twice:
 cold (empty tile cache, every tile rendered on demand) and pre-rendered (after the
-job that registration queues has rendered the pyramid into the tile cache).
+job that registration queues has rendered the pyramid into the tile cache). The
+baseline's tiles are its defaults' (254 px, overlap 1), the portal's its settings'
+(256 px, no overlap: where a level is the slide's own, its JPEG tiles are sent as they
+are); each server gets the same plan drawn on its own pyramid's tiles.
 
 Scenarios:
   viewing  each client is a pathologist browsing: overview first, then random
@@ -86,12 +89,18 @@ def tile_settings(var_dir: Path) -> dict[str, str]:
     return {"TILE_CACHE_DIR": str(var_dir / "tiles"), "TILE_PRERENDER": "all"}
 
 
-def tile_levels(slide_path: Path):
+# OpenSlide's example server's tiles (its defaults): 254 px with a 1 px overlap.
+ANCHOR_GEOMETRY = (254, 1)
+
+
+def tile_levels(slide_path: Path, geometry: tuple[int, int]):
+    """Level count and tiles per level of the slide's Deep Zoom pyramid with ``geometry``
+    (tile px, overlap px): each server is asked for the tiles its own pyramid has."""
     import openslide
     from openslide.deepzoom import DeepZoomGenerator
 
     with openslide.OpenSlide(slide_path) as slide:
-        generator = DeepZoomGenerator(slide, 254, 1)
+        generator = DeepZoomGenerator(slide, *geometry, limit_bounds=False)
         return generator.level_count, generator.level_tiles
 
 
@@ -273,7 +282,9 @@ def main() -> None:
         print(f"Synthesising a {args.size} slide…", file=sys.stderr)
         generate_slide(slide_path, seed=11, size=(width, height), mpp=0.25)
     slide_id, session_key = setup_tile_portal(work, slide_path)
-    level_count, level_tiles = tile_levels(slide_path)
+    from django.conf import settings
+
+    portal_geometry = (settings.DEEPZOOM_TILE_SIZE, settings.DEEPZOOM_OVERLAP)
     env = {**os.environ, **portal_env(work, **tile_settings(work))}
     rendering = prerender(slide_id, Path(env["TILE_CACHE_DIR"]))
     print(f"Pre-rendered {rendering}", flush=True)
@@ -322,19 +333,23 @@ def main() -> None:
     for scenario in args.scenarios.split(","):
         make_plans = viewing_requests if scenario == "viewing" else unique_requests
         for clients in (int(c) for c in args.clients.split(",")):
-            plans = make_plans(level_count, level_tiles, clients, args.requests)
+            plans = {
+                geometry: make_plans(*tile_levels(slide_path, geometry), clients, args.requests)
+                for geometry in {ANCHOR_GEOMETRY, portal_geometry}
+            }
             runs = {name: [] for name in servers}
             for _ in range(args.repeats):  # interleaved, so load on the machine hits all alike
                 for name, (command, server_env, port, url_for, headers) in servers.items():
                     if name.startswith("cold"):  # nothing rendered yet
                         shutil.rmtree(cold_env["TILE_CACHE_DIR"], ignore_errors=True)
+                    geometry = ANCHOR_GEOMETRY if name == "baseline" else portal_geometry
                     runs[name].append(
-                        run_server(command, server_env, port, plans, url_for, headers)
+                        run_server(command, server_env, port, plans[geometry], url_for, headers)
                     )
             rows.append((scenario, clients, {name: median_run(runs[name]) for name in servers}))
             compared = [n for n in ("cold", "pre-rendered", "cold behind nginx") if n in servers]
             print(format_row(rows[-1], "baseline", tuple(compared)), flush=True)
-    print_report(args, slide_path, rows, rendering)
+    print_report(args, slide_path, rows, rendering, portal_geometry)
     shutil.rmtree(work)
     shutil.rmtree(cold_cache)
 
@@ -358,7 +373,7 @@ def format_row(row, anchor: str, compared: tuple[str, ...]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def print_report(args, slide_path: Path, rows, rendering: dict) -> None:
+def print_report(args, slide_path: Path, rows, rendering: dict, portal_geometry) -> None:
     print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, {cpu_model()}")
     print(f"Python {platform.python_version()}; date: {time.strftime('%Y-%m-%d')}")
     print(
@@ -368,6 +383,10 @@ def print_report(args, slide_path: Path, rows, rendering: dict) -> None:
     print(
         f"Portal: gunicorn gthread {args.gunicorn_workers} workers × "
         f"{args.gunicorn_threads} threads, session-authenticated, permission-checked"
+    )
+    print(
+        f"Tiles (px, overlap): baseline {ANCHOR_GEOMETRY} (its defaults), portal "
+        f"{portal_geometry}; each server is asked for its own pyramid's tiles"
     )
     print(
         f"Pre-rendering: {rendering['tiles']} tiles in {rendering['seconds']:.1f} s, "

@@ -377,8 +377,7 @@ def render_tile(source: TileSource, level: int, col: int, row: int) -> bytes | N
     if not (0 <= col < cols and 0 <= row < rows):
         return None
     data = deepzoom.file_jpeg(level, (col, row))
-    if data is not None:
-        _store_rendered(tile_file(source.sha256, level, col, row), data)
+    if data is not None:  # read again next time: cheaper than writing it to the cache
         return data
     block = deepzoom.block(level, (col, row))
     lock = _block_locks[hash((source.sha256, level, block[0])) % len(_block_locks)]

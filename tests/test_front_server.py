@@ -11,6 +11,7 @@ import pytest
 from cases import deepzoom
 from cases.models import CaseAssignment
 from tests.front import front_command
+from tests.test_tiles import file_tile
 
 pytestmark = [
     pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed here"),
@@ -56,12 +57,12 @@ def test_a_granted_session_gets_rendered_tiles_from_disk(
     front, client, pathologist, slide, settings
 ):
     source = deepzoom.TileSource(slide.path, slide.sha256)
-    deepzoom.render_tile(source, 11, 0, 0)  # rendered, as pre-rendering leaves it
-    cached = deepzoom.tile_file(slide.sha256, 11, 0, 0)
+    deepzoom.render_tile(source, 9, 0, 0)  # a level between the slide's: rendered and stored
+    cached = deepzoom.tile_file(slide.sha256, 9, 0, 0)
     cached.write_bytes(b"\xff\xd8 from the tile cache")
     session = session_of(client, pathologist)
-    url = f"/slides/{slide.pk}_files/11/0_0.jpeg"
-    django_etag = deepzoom.tile_etag(slide.sha256, 11, 0, 0)
+    url = f"/slides/{slide.pk}_files/9/0_0.jpeg"
+    django_etag = deepzoom.tile_etag(slide.sha256, 9, 0, 0)
     for _ in range(2):  # the second with the grant nginx kept
         status, headers, body = get(url, session)
         assert status == 200 and body == b"\xff\xd8 from the tile cache"
@@ -72,8 +73,11 @@ def test_a_granted_session_gets_rendered_tiles_from_disk(
         assert headers["ETag"] != django_etag and "Content-Security-Policy" not in headers
 
     # Not rendered yet: the portal renders it, stores it, and sends it.
-    status, headers, body = get(f"/slides/{slide.pk}_files/11/1_0.jpeg", session)
-    assert status == 200 and body == deepzoom.tile_file(slide.sha256, 11, 1, 0).read_bytes()
+    status, headers, body = get(f"/slides/{slide.pk}_files/9/1_0.jpeg", session)
+    assert status == 200 and body == deepzoom.tile_file(slide.sha256, 9, 1, 0).read_bytes()
+    # The slide's own level, not pre-rendered: the portal sends the file's JPEG.
+    status, headers, body = get(f"/slides/{slide.pk}_files/12/1_1.jpeg", session)
+    assert status == 200 and body == file_tile(slide.path, 0, 1, 1)
     assert get(f"/slides/{slide.pk}_files/99/0_0.jpeg", session)[0] == 404
     assert get(f"/_tiles/{cached.relative_to(settings.TILE_CACHE_DIR)}", session)[0] == 404
 
@@ -81,8 +85,8 @@ def test_a_granted_session_gets_rendered_tiles_from_disk(
 def test_sessions_that_may_not_see_the_slide_get_the_portals_refusal(
     front, client, other_pathologist, slide
 ):
-    deepzoom.render_tile(deepzoom.TileSource(slide.path, slide.sha256), 11, 0, 0)
-    url = f"/slides/{slide.pk}_files/11/0_0.jpeg"
+    deepzoom.render_tile(deepzoom.TileSource(slide.path, slide.sha256), 9, 0, 0)
+    url = f"/slides/{slide.pk}_files/9/0_0.jpeg"
     session = session_of(client, other_pathologist)
     status, headers, body = get(url, session)
     assert status == 404 and headers["Content-Type"] != "image/jpeg"
