@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
@@ -266,9 +267,30 @@ class DamageLog:
             return len(bad)
 
 
+class AskedBefore:
+    """The tiles this process has sent lately (up to ``max_entries``): ``again`` answers
+    whether a tile was asked for before, and notes it."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._seen: OrderedDict[tuple[str, int, int, int], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def again(self, key: tuple[str, int, int, int]) -> bool:
+        with self._lock:
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                return True
+            self._seen[key] = None
+            if len(self._seen) > self.max_entries:
+                self._seen.popitem(last=False)
+            return False
+
+
 handles = SlideHandles(settings.SLIDE_CACHE_SLIDES, settings.SLIDE_CACHE_BYTES, _with_deepzoom)
 tile_grants = TileGrants(settings.TILE_GRANT_SECONDS)
 damage_log = DamageLog()
+asked_before = AskedBefore()
 
 
 def encode_jpeg(image) -> bytes:
@@ -377,7 +399,11 @@ def render_tile(source: TileSource, level: int, col: int, row: int) -> bytes | N
     if not (0 <= col < cols and 0 <= row < rows):
         return None
     data = deepzoom.file_jpeg(level, (col, row))
-    if data is not None:  # read again next time: cheaper than writing it to the cache
+    if data is not None:
+        # Reading it again costs less than writing a file, so it is kept (for the front
+        # server to send) only once asked for twice: a tile others are viewing too.
+        if asked_before.again((source.sha256, level, col, row)):
+            _store_rendered(tile_file(source.sha256, level, col, row), data)
         return data
     block = deepzoom.block(level, (col, row))
     lock = _block_locks[hash((source.sha256, level, block[0])) % len(_block_locks)]

@@ -92,15 +92,22 @@ def test_a_cold_tile_renders_its_block_with_it(slide, tile_dir, rendered_tiles):
 
 
 @pytest.mark.django_db
-def test_a_cold_tile_of_the_slides_own_level_is_its_jpeg_neither_encoded_nor_stored(
+def test_a_cold_tile_of_the_slides_own_level_is_its_jpeg_stored_once_asked_for_again(
     slide, tile_dir, monkeypatch
 ):
-    """Reading it from the slide again costs less than writing it to the cache would."""
+    """Reading it from the slide again costs less than writing it to the cache, so it is
+    kept for the front server only when asked for a second time (others view it too)."""
     monkeypatch.setattr(deepzoom, "encode_jpeg", lambda image: pytest.fail("encoded"))
+    monkeypatch.setattr(deepzoom, "asked_before", deepzoom.AskedBefore(max_entries=2))
     top = deepzoom.handles.get(slide.path).deepzoom.level_count - 1
     data = deepzoom.render_tile(source_of(slide), top, 5, 2)
     assert data == file_tile(slide.path, 0, 5, 2)
     assert not tile_dir.exists()
+    assert deepzoom.render_tile(source_of(slide), top, 5, 2) == data
+    assert deepzoom.tile_file(slide.sha256, top, 5, 2).read_bytes() == data
+    for col in (6, 7, 4, 6):  # (6, 2) forgotten past max_entries: asked anew, not kept
+        deepzoom.render_tile(source_of(slide), top, col, 2)
+    assert not deepzoom.tile_file(slide.sha256, top, 6, 2).exists()
 
 
 @pytest.mark.django_db
