@@ -82,14 +82,17 @@ class BoundedDeepZoomGenerator(DeepZoomGenerator):
         return self._osr.jpeg_tile(slide_level, *address, self._z_t_downsample)
 
     def _levels_sent_as_stored(self) -> dict[int, int]:
-        """Deep Zoom level -> the slide level of the same size whose tiles it can send."""
-        if self._read_rgb is None or self._z_overlap:
+        """Deep Zoom level -> the slide level it is read 1:1 from (same size, no offset, no
+        resampling), where that level's tiles can be sent as stored."""
+        if self._read_rgb is None or self._z_overlap or any(self._l0_offset):
             return {}
-        by_size = {size: level for level, size in enumerate(self._osr.level_dimensions)}
+        sizes = self._osr.level_dimensions
         return {
-            level: by_size[size]
-            for level, size in enumerate(self.level_dimensions)
-            if size in by_size
+            level: slide_level
+            for level, slide_level in enumerate(self._slide_from_dz_level)
+            if sizes[slide_level] == self.level_dimensions[level]
+            and self._l_z_downsamples[level] == 1.0
+            and self._osr.sends_jpeg_tiles(slide_level, self._z_t_downsample)
         }
 
     def block(self, level: int, address: tuple[int, int]) -> list[tuple[int, int]]:
@@ -271,7 +274,7 @@ class AskedBefore:
     """The tiles this process has sent lately (up to ``max_entries``): ``again`` answers
     whether a tile was asked for before, and notes it."""
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 20_000) -> None:
         self.max_entries = max_entries
         self._seen: OrderedDict[tuple[str, int, int, int], None] = OrderedDict()
         self._lock = threading.Lock()
@@ -401,8 +404,10 @@ def render_tile(source: TileSource, level: int, col: int, row: int) -> bytes | N
     data = deepzoom.file_jpeg(level, (col, row))
     if data is not None:
         # Reading it again costs less than writing a file, so it is kept (for the front
-        # server to send) only once asked for twice: a tile others are viewing too.
+        # server to send) only once asked for twice: a tile others are viewing too. Decoded
+        # first, so the cache never holds a tile whose data is damaged.
         if asked_before.again((source.sha256, level, col, row)):
+            _tile_image(source.path, opened, level, col, row)
             _store_rendered(tile_file(source.sha256, level, col, row), data)
         return data
     block = deepzoom.block(level, (col, row))

@@ -10,7 +10,7 @@ from django.db.models import Count, Q
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from cases import audit
+from cases import audit, deepzoom
 from cases.forms import SlideUploadForm, flash_errors
 from cases.models import Case, is_lab_admin
 from cases.registration import SlideRejected, register_slide
@@ -216,5 +216,8 @@ def viewer(request, slide_id: int):
         "case": slide.case,
         "vocabulary": vocabulary.for_pages(),
         "domain": _slide_domain(slide),
+        # In the descriptor's URL, and so in every tile's (OpenSeadragon carries its query
+        # over): tiles are cached as immutable, so new tile settings need new URLs.
+        "tiles_version": deepzoom.tile_settings_key(),
     }
     return render(request, "review/viewer.html", context)

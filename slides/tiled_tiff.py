@@ -39,8 +39,9 @@ DECODABLE = {
 }
 # JPEG tiles whose streams a browser decodes as they are (YCbCr, the JPEG default).
 SENDABLE = (tifffile.COMPRESSION.JPEG, tifffile.PHOTOMETRIC.YCBCR)
-SOI, EOI, SOS = b"\xff\xd8", b"\xff\xd9", 0xDA
+SOI, EOI, SOS, DHT = b"\xff\xd8", b"\xff\xd9", 0xDA, 0xC4
 FRAME_MARKERS = {0xC0, 0xC1, 0xC2}  # baseline, extended, progressive
+BROWSER_APPLIED = {0xE1, 0xE2}  # EXIF (orientation) and ICC profiles: Pillow ignores them
 WHITE = 255
 ABSENT = object()  # not in the cache (None is a tile the file leaves out)
 Rgb = NDArray[np.uint8]
@@ -156,7 +157,7 @@ class TileGrid:
         whole JPEG of the tile's size."""
         index = ty * self._columns + tx
         offset, size = self._page.dataoffsets[index], self._page.databytecounts[index]
-        if not offset or not size:
+        if not offset or not 0 < size <= 3 * self.tile_w * self.tile_h:  # more than raw pixels
             return None
         data = os.pread(self._fd, size, offset)
         tables = self._page.jpegtables
@@ -166,12 +167,14 @@ class TileGrid:
 
     def jpeg_agrees(self) -> bool:
         """Whether this page's JPEG streams, sent as they are, decode (with Pillow, as a
-        browser would) to the pixels read here: checked on its first tile."""
+        browser would) to the pixels read here: checked on its centre tile (tissue, where
+        decoders that differ would show it)."""
         if (self._page.compression, self._page.photometric) != SENDABLE:
             return False
-        data = self.jpeg(0, 0)
+        tx, ty = self.width // 2 // self.tile_w, self.height // 2 // self.tile_h
         try:
-            ours = self._tile(0, 0)
+            data = self.jpeg(tx, ty)
+            ours = self._tile(tx, ty)
             with Image.open(BytesIO(data or b"")) as image:
                 sent = np.asarray(image.convert("RGB"))
         except (TileUnreadable, OSError):
@@ -229,14 +232,20 @@ class TiledTiffSlide(openslide.OpenSlide):
         downsample = self._downsamples[level]
         return level in self._grids and all((value / downsample).is_integer() for value in location)
 
-    def jpeg_tile(self, level: int, tx: int, ty: int, tile_px: int) -> bytes | None:
-        """The file's own JPEG for tile ``(tx, ty)`` of ``level``, when that level's tiles
-        are ``tile_px`` square JPEGs a browser decodes to the same pixels and this one lies
-        wholly inside the level (edge tiles are padded in the file); None otherwise, or
-        where its stream is damaged: decode the tile then."""
+    def sends_jpeg_tiles(self, level: int, tile_px: int) -> bool:
+        """Whether ``level``'s tiles are ``tile_px`` square JPEGs a browser decodes, as they
+        are, to the pixels read here (see :meth:`jpeg_tile`)."""
         grid = self._grids.get(level)
-        if grid is None or not grid.sends_jpeg or grid.tile_w != tile_px or grid.tile_h != tile_px:
+        return grid is not None and grid.sends_jpeg and grid.tile_w == grid.tile_h == tile_px
+
+    def jpeg_tile(self, level: int, tx: int, ty: int, tile_px: int) -> bytes | None:
+        """The file's own JPEG for tile ``(tx, ty)`` of ``level``, when that level
+        :meth:`sends_jpeg_tiles` and this tile lies wholly inside the level (edge tiles are
+        padded in the file); None otherwise, or where its stream is not a whole JPEG:
+        decode the tile then. Its compressed data is not decoded."""
+        if not self.sends_jpeg_tiles(level, tile_px):
             return None
+        grid = self._grids[level]
         if (tx + 1) * tile_px > grid.width or (ty + 1) * tile_px > grid.height:
             return None
         return grid.jpeg(tx, ty)
@@ -313,9 +322,10 @@ class TiledTiffSlide(openslide.OpenSlide):
 
 
 def _whole_jpeg(data: bytes, width: int, height: int) -> bool:
-    """Whether ``data`` is a JPEG file of ``width`` x ``height`` px with three components:
-    SOI, marker segments up to the scan with a frame of that size, EOI at the end. The
-    entropy-coded data is not decoded."""
+    """Whether ``data`` is an 8-bit JPEG file of ``width`` x ``height`` px with three
+    components that a browser shows as Pillow decodes it: SOI, marker segments up to the
+    scan with a frame of that size, no EXIF (orientation) or ICC profile segment, EOI at
+    the end. The entropy-coded data is not decoded."""
     if not (data.startswith(SOI) and data.endswith(EOI)):
         return False
     position, frame = 2, None
@@ -323,11 +333,27 @@ def _whole_jpeg(data: bytes, width: int, height: int) -> bool:
         marker = data[position + 1]
         length = int.from_bytes(data[position + 2 : position + 4], "big")
         if marker == SOS:
-            return frame == (height, width, 3)
+            return frame == (8, height, width, 3)
+        if marker in BROWSER_APPLIED:
+            return False
+        if marker == DHT and not _huffman_tables_fit(data[position + 4 : position + 2 + length]):
+            return False
         if marker in FRAME_MARKERS and length >= 8 and position + 10 <= len(data):
-            frame = struct.unpack(">HHB", data[position + 5 : position + 10])
+            frame = struct.unpack(">BHHB", data[position + 4 : position + 10])
         position += 2 + length
     return False
+
+
+def _huffman_tables_fit(segment: bytes) -> bool:
+    """Whether a DHT segment holds whole Huffman tables (class and id, 16 code counts, at
+    most 256 symbols) that fill it exactly: what a decoder checks before the scan."""
+    position = 0
+    while position < len(segment):
+        kind, counts = segment[position], segment[position + 1 : position + 17]
+        if kind >> 4 > 1 or kind & 0x0F > 3 or len(counts) < 16 or sum(counts) > 256:
+            return False
+        position += 17 + sum(counts)
+    return position == len(segment)
 
 
 def _is_plain_grid(page: tifffile.TiffPage) -> bool:

@@ -593,3 +593,34 @@ def test_a_crop_on_damaged_data_does_not_poison_the_shared_handle(
     assert deepzoom.handles.get(slide.path) is not handle  # reopened, not poisoned
     served = client.get(f"/findings/{good.pk}/crop.jpeg?px=64")
     assert served.status_code == 200 and served["Content-Type"] == "image/jpeg"
+
+
+def break_huffman_table(source: Path, out: Path, col: int, row: int) -> None:
+    """Copy ``source`` with the first Huffman table of level 0's tile (col, row) made bogus
+    (code counts over 256): the tile's framing stays whole, its data cannot be decoded."""
+    with tifffile.TiffFile(source) as tiff:
+        page = tiff.pages[0]
+        index = row * -(-page.imagewidth // page.tilewidth) + col
+        offset, size = page.dataoffsets[index], page.databytecounts[index]
+    data = bytearray(source.read_bytes())
+    counts = offset + bytes(data[offset : offset + size]).index(b"\xff\xc4") + 5
+    data[counts : counts + 16] = b"\xff" * 16
+    out.write_bytes(bytes(data))
+
+
+@pytest.mark.django_db
+def test_a_tile_whose_tables_are_damaged_is_never_sent_as_the_file_has_it(
+    client_for, pathologist, case, synthetic_slide, tmp_path, tile_dir, monkeypatch
+):
+    monkeypatch.setattr(deepzoom, "damage_log", deepzoom.DamageLog())
+    path = tmp_path / "bogus.tiff"
+    break_huffman_table(synthetic_slide, path, 5, 4)
+    slide = register_slide(path, case, "bogus.tiff")
+    top = deepzoom.handles.get(slide.path).deepzoom.level_count - 1
+    client = client_for(pathologist)
+    assert client.get(f"/slides/{slide.pk}_files/{top}/4_4.jpeg").status_code == 200
+    response = client.get(f"/slides/{slide.pk}_files/{top}/5_4.jpeg")
+    assert response.status_code == 503
+    assert "cannot be decoded: the slide file is damaged" in response.content.decode()
+    slide.refresh_from_db()
+    assert slide.damaged_tiles == 1

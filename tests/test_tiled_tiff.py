@@ -213,3 +213,10 @@ def test_a_damaged_jpeg_stream_is_not_sent_as_it_is() -> None:
     broken = bytearray(data)
     broken[4:6] = b"\xff\xff"  # a segment length pointing past the header
     assert not _whole_jpeg(bytes(broken), 256, 256)
+    bogus = bytearray(data)
+    counts = data.index(b"\xff\xc4") + 5
+    bogus[counts : counts + 16] = b"\xff" * 16  # libjpeg: "Bogus Huffman table definition"
+    assert not _whole_jpeg(bytes(bogus), 256, 256)
+    with_exif = BytesIO()  # a browser would turn it as its orientation says
+    Image.new("RGB", (256, 256), "pink").save(with_exif, "jpeg", exif=Image.Exif())
+    assert not _whole_jpeg(with_exif.getvalue(), 256, 256)

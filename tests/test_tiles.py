@@ -176,3 +176,14 @@ def test_the_tile_grant_names_the_cache_folder_only_to_sessions_that_may_see_the
         assert refused.status_code == 403 and "X-Tile-Folder" not in refused
         assert refused.content == b""
     assert client_for(pathologist).get("/slides/999999/tile-grant").status_code == 403
+
+
+@pytest.mark.django_db
+def test_the_viewer_names_the_tile_settings_in_the_descriptors_url(client_for, pathologist, slide):
+    """Tiles are cached as immutable: other tile settings must give other URLs (OpenSeadragon
+    carries the descriptor's query over to every tile's URL)."""
+    page = client_for(pathologist).get(f"/slides/{slide.pk}/").content.decode()
+    assert f'data-dzi="/slides/{slide.pk}.dzi?v={deepzoom.tile_settings_key()}"' in page
+    assert deepzoom.tile_settings_key() == "256-0-q75"
+    tile = client_for(pathologist).get(f"/slides/{slide.pk}_files/12/1_1.jpeg?v=256-0-q75")
+    assert tile.status_code == 200 and tile["Content-Type"] == "image/jpeg"
