@@ -220,3 +220,66 @@ def test_a_damaged_jpeg_stream_is_not_sent_as_it_is() -> None:
     with_exif = BytesIO()  # a browser would turn it as its orientation says
     Image.new("RGB", (256, 256), "pink").save(with_exif, "jpeg", exif=Image.Exif())
     assert not _whole_jpeg(with_exif.getvalue(), 256, 256)
+
+
+def _abbreviated_jpeg(tile: np.ndarray) -> tuple[bytes, bytes]:
+    """(tables, stream): a JPEG of ``tile`` split as libtiff and Aperio store tiles, the
+    quantisation and Huffman tables once in the page's JPEGTables, each tile without them."""
+    buffer = BytesIO()
+    Image.fromarray(tile).save(buffer, "jpeg", quality=90)
+    data, position, segments = buffer.getvalue(), 2, []
+    while data[position + 1] != 0xDA:  # up to the scan
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        segments.append((data[position + 1], data[position : position + 2 + length]))
+        position += 2 + length
+    tables = b"".join(segment for marker, segment in segments if marker in (0xDB, 0xC4))
+    header = b"".join(segment for marker, segment in segments if marker not in (0xDB, 0xC4, 0xE0))
+    return b"\xff\xd8" + tables + b"\xff\xd9", b"\xff\xd8" + header + data[position:]
+
+
+def test_tiles_whose_tables_the_page_shares_are_sent_with_them_put_in(tmp_path: Path) -> None:
+    rgb = _pixels()
+    padded = np.zeros((1024, 1280, 3), np.uint8)
+    padded[:HEIGHT, :WIDTH] = rgb
+    split = [
+        _abbreviated_jpeg(padded[y : y + 256, x : x + 256])
+        for y in range(0, 1024, 256)
+        for x in range(0, 1280, 256)
+    ]
+    tables = split[0][0]
+    assert all(t == tables for t, _ in split)  # same quality: the same tables
+    path = tmp_path / "shared-tables.tiff"
+    with tifffile.TiffWriter(path) as tiff:  # the streams as they are, tables in tag 347
+        tiff.write(
+            iter(stream for _, stream in split),
+            shape=rgb.shape,
+            dtype=np.uint8,
+            tile=(256, 256),
+            compression="jpeg",
+            photometric="ycbcr",
+            subsampling=(2, 2),
+            extratags=[(347, 7, len(tables), tables, True)],
+        )
+    with open_slide(path) as ours, openslide.OpenSlide(path) as theirs:
+        data = ours.jpeg_tile(0, 2, 1, 256)
+        assert data is not None and data.count(b"\xff\xc4") == split[0][0].count(b"\xff\xc4")
+        with Image.open(BytesIO(data)) as image:
+            sent = np.asarray(image.convert("RGB"))
+        expected = np.asarray(theirs.read_region((512, 256), 0, (256, 256)))[..., :3]
+    assert np.array_equal(sent, expected)
+
+
+def test_a_level_deep_zoom_would_resample_is_rendered(tmp_path: Path) -> None:
+    """Odd sizes rounded up: level 1 is Deep Zoom's size, but not exactly half of level 0,
+    so OpenSlide's generator resamples it and none of its tiles is sent as stored."""
+    rgb = np.ascontiguousarray(np.pad(_pixels(), ((0, 1), (0, 1), (0, 0)), mode="edge"))
+    path = tmp_path / "odd.tiff"
+    with tifffile.TiffWriter(path) as tiff:
+        for level, image in enumerate((rgb, rgb[::2, ::2])):  # 1101 x 901, then 551 x 451
+            tiff.write(image, tile=(256, 256), compression="jpeg", subfiletype=int(level > 0))
+    with open_slide(path) as ours:
+        mine = BoundedDeepZoomGenerator(ours, 256, 0, limit_bounds=False)
+        top = mine.level_count - 1
+        assert ours.level_dimensions[1] == mine.level_dimensions[top - 1] == (551, 451)
+        assert ours.sends_jpeg_tiles(1, 256) and mine.file_jpeg(top - 1, (0, 0)) is None
+        assert mine.file_jpeg(top, (0, 0)) is not None  # level 0 is read 1:1
