@@ -12,7 +12,7 @@ def test_assigned_pathologist_sees_case_and_viewer(client_for, pathologist, slid
     assert b"Register a slide" not in page.content  # upload is for admins
     viewer = client.get(f"/slides/{slide.pk}/")
     assert viewer.status_code == 200
-    assert f'data-dzi="/slides/{slide.pk}.dzi"'.encode() in viewer.content
+    assert f'data-dzi="/slides/{slide.pk}.dzi?v='.encode() in viewer.content
     assert b'data-mpp="0.25"' in viewer.content
 
 
