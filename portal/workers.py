@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import connections
 from rq import Worker as RQWorker
 from rq.callbacks import execute_failure_callback
+from rq.exceptions import StopRequested
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,14 @@ def preload(queue_names: Iterable[str]) -> None:
     if tasks:
         try:
             preload_active(tasks)
+        except StopRequested:  # a warm shutdown asked for meanwhile: RQ's handler raises it
+            raise
         except Exception:  # a job that needs the model loads it and reports what is wrong
             log.exception("could not preload the active models")
 
 
 class Worker(RQWorker):
-    """RQ's forking worker, with five differences:
+    """RQ's forking worker, with six differences:
 
     - it heartbeats a running job every RUN_LOST_AFTER_SECONDS / 8 (RQ: every 30 s), so a
       job silent for half of RUN_LOST_AFTER_SECONDS has lost its worker
@@ -77,7 +80,8 @@ class Worker(RQWorker):
     - it forks with no database connection open, which a callback run here may have left;
     - it imports the engine its queues' jobs use (``PRELOAD``) and loads their active
       models (``PRELOAD_MODELS``) before its first fork, so no job pays for importing
-      torch or loading weights.
+      torch or loading weights;
+    - its warm shutdown does not wait up to a minute for its pubsub thread (``unsubscribe``).
     """
 
     def __init__(self, *args, **kwargs):
@@ -94,6 +98,8 @@ class Worker(RQWorker):
 
         try:
             fail_lost_runs()
+        except StopRequested:  # SIGTERM while it ran: stop, as RQ would have
+            raise
         except Exception:  # never stop a worker over it; the next tick tries again
             log.exception("could not check for lost runs")
         preload(self.queue_names())  # a newly activated version, before its first job
@@ -102,6 +108,16 @@ class Worker(RQWorker):
     def work(self, *args, **kwargs):
         preload(self.queue_names())
         return super().work(*args, **kwargs)
+
+    def unsubscribe(self):
+        """RQ's, with a bounded wait: once unsubscribed, redis-py's pubsub thread can sleep
+        for RQ's whole 60 s ``sleep_time`` before it sees it should stop, and redis-py 8's
+        ``stop()`` waits for it, so a warm shutdown could take a minute. The thread is a
+        daemon: a second is enough."""
+        if self.pubsub_thread:
+            self.pubsub.unsubscribe()
+            self.pubsub_thread.stop(timeout=1)
+            self.pubsub.close()
 
     def fork_work_horse(self, job, queue):
         connections.close_all()  # parent and horse must never share a connection's socket

@@ -63,3 +63,44 @@ def test_a_forking_worker_with_preloaded_models_finishes_runs(
         assert run.status == InferenceRun.Status.SUCCEEDED, run.error
         # where the job's time went beyond the slide pass (the run's API record has it)
         assert {"total", "mil", "store", "hpf_map"} <= set(run.timings), run.timings
+
+
+@pytest.mark.django_db
+def test_a_stop_asked_for_during_maintenance_or_preloading_stops_the_worker(own_redis, monkeypatch):
+    """RQ's SIGTERM handler raises StopRequested wherever the worker is: its maintenance
+    and preloading, which keep a worker going through their own errors, let it through."""
+    import django_rq
+    from rq.exceptions import StopRequested
+
+    from inference import jobs
+    from portal.workers import Worker
+
+    def stop_asked():
+        raise StopRequested()
+
+    worker = Worker(["default"], connection=django_rq.get_connection("default"))
+    monkeypatch.setattr(jobs, "fail_lost_runs", stop_asked)
+    with pytest.raises(StopRequested):
+        worker.run_maintenance_tasks()
+    monkeypatch.setattr(registry, "preload_active", lambda tasks: stop_asked())
+    with pytest.raises(StopRequested):
+        preload(["explain"])
+
+
+@pytest.mark.django_db
+def test_a_warm_shutdown_does_not_wait_for_the_pubsub_threads_sleep(own_redis):
+    """Once unsubscribed, the pubsub thread sleeps up to 60 s before it looks at its stop
+    flag; stopping the worker then must not wait for it."""
+    import time
+
+    import django_rq
+
+    from portal.workers import Worker
+
+    worker = Worker(["default"], connection=django_rq.get_connection("default"))
+    worker.subscribe()
+    worker.pubsub.unsubscribe()
+    time.sleep(0.5)  # the thread reads the reply and goes to sleep, unsubscribed
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 5
