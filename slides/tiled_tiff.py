@@ -165,13 +165,17 @@ class TileGrid:
             data = tables[:-2] + data[2:] if data.startswith(SOI) else b""
         return data if _whole_jpeg(data, self.tile_w, self.tile_h) else None
 
+    def centre_tile(self) -> tuple[int, int]:
+        """(column, row) of the tile at the page's centre: tissue, where reads that differ
+        would show it."""
+        return self.width // 2 // self.tile_w, self.height // 2 // self.tile_h
+
     def jpeg_agrees(self) -> bool:
         """Whether this page's JPEG streams, sent as they are, decode (with Pillow, as a
-        browser would) to the pixels read here: checked on its centre tile (tissue, where
-        decoders that differ would show it)."""
+        browser would) to the pixels read here: checked on its centre tile."""
         if (self._page.compression, self._page.photometric) != SENDABLE:
             return False
-        tx, ty = self.width // 2 // self.tile_w, self.height // 2 // self.tile_h
+        tx, ty = self.centre_tile()
         try:
             data = self.jpeg(tx, ty)
             ours = self._tile(tx, ty)
@@ -309,8 +313,8 @@ class TiledTiffSlide(openslide.OpenSlide):
 
     def _level0_agrees(self) -> bool:
         grid = self._grids[0]
-        x = grid.width // 2 // grid.tile_w * grid.tile_w
-        y = grid.height // 2 // grid.tile_h * grid.tile_h
+        tx, ty = grid.centre_tile()
+        x, y = tx * grid.tile_w, ty * grid.tile_h
         size = (min(grid.tile_w, grid.width - x), min(grid.tile_h, grid.height - y))
         try:
             ours, _ = grid.read_rgb(x, y, *size)

@@ -33,7 +33,7 @@ from inference.models import InferenceRun
 from slides import ReadTooLarge, Scale, open_slide, read_region, thumbnail
 from slides.validate import read_bounds_problem
 from tests.conftest import run_worker_burst, subprocess_env
-from tests.test_tiles import expected_tile
+from tests.test_tiles import expected_tile, tile_span
 from tests.test_tiles import generator as portal_generator
 
 GIB = 1024**3
@@ -598,10 +598,7 @@ def test_a_crop_on_damaged_data_does_not_poison_the_shared_handle(
 def break_huffman_table(source: Path, out: Path, col: int, row: int) -> None:
     """Copy ``source`` with the first Huffman table of level 0's tile (col, row) made bogus
     (code counts over 256): the tile's framing stays whole, its data cannot be decoded."""
-    with tifffile.TiffFile(source) as tiff:
-        page = tiff.pages[0]
-        index = row * -(-page.imagewidth // page.tilewidth) + col
-        offset, size = page.dataoffsets[index], page.databytecounts[index]
+    offset, size = tile_span(source, 0, col, row)
     data = bytearray(source.read_bytes())
     counts = offset + bytes(data[offset : offset + size]).index(b"\xff\xc4") + 5
     data[counts : counts + 16] = b"\xff" * 16

@@ -29,12 +29,17 @@ def expected_tile(path, level, col, row) -> bytes:
         return buffer.getvalue()
 
 
-def file_tile(path, level_index, col, row) -> bytes:
-    """Tile (col, row) of the TIFF's page ``level_index`` exactly as the file stores it."""
+def tile_span(path, level_index, col, row) -> tuple[int, int]:
+    """(offset, byte count) of tile (col, row) of the TIFF's page ``level_index``."""
     with tifffile.TiffFile(path) as tiff:
         page = tiff.pages[level_index]
         index = row * -(-page.imagewidth // page.tilewidth) + col
-        offset, size = page.dataoffsets[index], page.databytecounts[index]
+        return page.dataoffsets[index], page.databytecounts[index]
+
+
+def file_tile(path, level_index, col, row) -> bytes:
+    """Tile (col, row) of the TIFF's page ``level_index`` exactly as the file stores it."""
+    offset, size = tile_span(path, level_index, col, row)
     with open(path, "rb") as file:
         file.seek(offset)
         return file.read(size)
