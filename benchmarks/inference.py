@@ -4,8 +4,10 @@
         [--workers 2] [--repeat 3] [--slide PATH] [--skip-naive]
 
 On one synthetic slide with the shipped models:
-  end to end    run_slide: tissue mask, patches read by DataLoader worker processes while
-                the detector runs, merge, phase classification of each detection.
+  end to end    run_slide: tissue mask, patches read while the detector runs (by as many
+                DataLoader processes as the device leaves room for, at most --workers;
+                on a CPU whose cores torch's threads use, by the model's process between
+                batches), merge, phase classification of each detection.
   pure compute  the same tissue patches already in memory as tensors, only the detector
                 (and the classifier on the same crops) run: the floor end to end can reach.
   naive loop    every patch of the grid (no tissue mask) read with plain OpenSlide one at a
@@ -44,7 +46,7 @@ from benchmarks.machine import cpu_model  # noqa: E402
 from benchmarks.portal import bench_case, bench_user, portal_env, setup_portal  # noqa: E402
 from inference.engine.model_io import load_classifier, load_detector  # noqa: E402
 from inference.engine.patches import PatchDataset, model_input, patch_grid  # noqa: E402
-from inference.engine.pipeline import run_slide  # noqa: E402
+from inference.engine.pipeline import reader_processes, run_slide  # noqa: E402
 from inference.engine.tissue import detect_tissue  # noqa: E402
 from inference.tools.synth import generate_slide  # noqa: E402
 from slides import Scale, open_slide, read_region, slide_mpp  # noqa: E402
@@ -164,13 +166,14 @@ def main():
     parser.add_argument("--size", default="16000x12000")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="the most reader processes")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--slide", type=Path, help="reuse this synthetic slide if it exists")
     parser.add_argument("--repeat", type=int, default=3, help="alternating runs; medians")
     parser.add_argument("--job", action="store_true", help="also time the RQ job")
     args = parser.parse_args()
     device = torch.device(args.device)
+    readers = reader_processes(device, args.workers)
     width, height = (int(v) for v in args.size.split("x"))
     detector = load_detector(shipped("mitolens-detector"))
     classifier = load_classifier(shipped("mitolens-phase"))
@@ -200,7 +203,7 @@ def main():
                 classifier,
                 device=device,
                 batch_size=args.batch_size,
-                num_workers=args.workers,
+                num_workers=readers,
             )
             end_to_end.append(time.perf_counter() - start)
             stages.append(result.stats["seconds"])
@@ -227,7 +230,8 @@ def main():
     print(
         f"Date: {datetime.date.today()}; slide {width} x {height} px at 0.25 µm/px; "
         f"{stats['patches_tissue']} of {stats['patches_total']} patches on tissue; "
-        f"{len(result.findings)} findings; batch {args.batch_size}, {args.workers} readers"
+        f"{len(result.findings)} findings; batch {args.batch_size}, {readers} reader processes "
+        f"(at most {args.workers})"
     )
     print("\n| mode | patches | seconds | patches/s | slide minutes |")
     print("|---|---|---|---|---|")

@@ -105,14 +105,14 @@ def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> 
 
 
 def _infer(run: InferenceRun, device, progress: RunProgress):
-    from .engine.pipeline import run_slide
+    from .engine.pipeline import reader_processes, run_slide
 
     return run_slide(
         run.slide.path,
         loaded_version(run.detector),
         loaded_version(run.classifier),
         device=device,
-        num_workers=settings.INFERENCE_LOADER_WORKERS,
+        num_workers=reader_processes(device, settings.INFERENCE_LOADER_WORKERS),
         mpp_override=run.slide.mpp_override,
         score_threshold=run.parameters.get("score_threshold"),
         progress=progress,

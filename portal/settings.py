@@ -206,7 +206,8 @@ if TILE_ACCEL_REDIRECT and not (
 # How long a session's right to a slide's tiles is trusted before it is checked again.
 TILE_GRANT_SECONDS = float(os.environ.get("TILE_GRANT_SECONDS", 30))
 # AI runs: start one automatically when a slide is registered; the worker's device
-# ("" = CUDA when present, else CPU) and DataLoader reader processes per run.
+# ("" = CUDA when present, else CPU) and the most DataLoader reader processes per run
+# (on a CPU, only as many as the cores torch's threads leave free: engine.pipeline).
 AUTO_RUN_INFERENCE = env_bool("AUTO_RUN_INFERENCE", default=True)
 INFERENCE_DEVICE = os.environ.get("INFERENCE_DEVICE", "")
 INFERENCE_LOADER_WORKERS = int(os.environ.get("INFERENCE_LOADER_WORKERS", 2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,8 @@ from inference.engine.model_io import (
 )
 from inference.engine.networks import build_classifier
 from inference.engine.patches import PatchDataset, patch_grid
-from inference.engine.pipeline import run_slide
-from inference.engine.tissue import detect_tissue, tissue_mask_from_rgb
+from inference.engine.pipeline import reader_processes, run_slide
+from inference.engine.tissue import detect_tissue, overview, tissue_mask_from_rgb
 from inference.tools.synth import generate_slide
 from slides import MissingMppError, Scale, open_slide, read_region, slide_mpp
 
@@ -129,6 +130,15 @@ def test_tissue_mask_finds_blob_not_background(slide_path: Path) -> None:
     assert tissue.fraction(1200, 0, 300, 1000) == 0.0
     blob_area = (x1 - x0) * (y1 - y0) / (tissue.scale_x * tissue.scale_y)
     assert tissue.mask.sum() == pytest.approx(blob_area, rel=0.1)
+
+
+def test_the_tissue_overview_is_a_level_as_it_is_where_one_fits(slide_path: Path) -> None:
+    with open_slide(slide_path) as slide:
+        level = np.asarray(overview(slide, 1200))  # level 1, 768 px, needs no resampling
+        assert level.shape == (512, 768, 3)
+        expected = slide.read_region((0, 0), 1, (768, 512)).convert("RGB")
+        assert np.array_equal(level, np.asarray(expected))
+        assert max(overview(slide, 256).size) == 256  # no level within [128, 256]: resampled
 
 
 def test_blank_image_has_no_tissue_and_full_tissue_is_all_tissue() -> None:
@@ -247,6 +257,18 @@ def test_run_slide_reports_level0_coordinates(
     assert 0 < stats["patches_tissue"] < stats["patches_total"]
     expected_scale = 0.25 / (mpp_override or 0.5)
     assert stats["scale"] == [expected_scale, expected_scale]
+
+
+def test_on_a_cpu_readers_only_take_the_cores_the_models_threads_leave() -> None:
+    cores, threads = len(os.sched_getaffinity(0)), torch.get_num_threads()
+    try:
+        torch.set_num_threads(cores)
+        assert reader_processes(torch.device("cpu"), 2) == 0  # read between batches
+        torch.set_num_threads(1)
+        assert reader_processes(torch.device("cpu"), 2) == min(2, cores - 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert reader_processes(torch.device("cuda"), 3) == 3  # reading overlaps the GPU's work
 
 
 def test_run_slide_without_mpp_fails_clearly(slide_without_mpp: Path) -> None:

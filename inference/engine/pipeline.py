@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,21 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def reader_processes(device: torch.device, most: int = 2) -> int:
+    """How many processes should read a run's patches on ``device``, at most ``most``.
+
+    On a GPU, all of them: reading overlaps the GPU's work. On a CPU, only as many as the
+    cores the model's threads leave free, and none where it leaves none (patches are then
+    read in the model's process between batches): a reader that preempts one of the
+    model's threads stalls every thread of that operation, which costs more than reading
+    in turn (docs/benchmarks.md: on 2 cores, 1.33x the pure compute against 1.57x with
+    two readers)."""
+    if device.type != "cpu":
+        return most
+    spare = len(os.sched_getaffinity(0)) - torch.get_num_threads()
+    return max(0, min(most, spare))
 
 
 def _no_progress(stage: str, fraction: float) -> None:
@@ -112,7 +128,7 @@ def run_slide(
     *,
     device: str | torch.device | None = None,
     batch_size: int = 16,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     progress: ProgressFn | None = None,
     mpp_override: float | None = None,
     score_threshold: float | None = None,
@@ -126,7 +142,8 @@ def run_slide(
     """Detect and phase-classify mitotic figures on one slide.
 
     Patches of ``detector.spec.patch_px`` at its ``target_mpp`` over the tissue are read by
-    ``num_workers`` DataLoader processes while the detector runs (CUDA when available,
+    ``num_workers`` DataLoader processes (default: :func:`reader_processes`) while the
+    detector runs, or by this process between batches where it is 0 (CUDA when available,
     float16 autocast there when ``amp``). Detections above ``score_threshold`` (default:
     the detector spec's operating point) are mapped
     to level-0 px, merged across overlapping patches (NMS plus ``merge_distance_um``
@@ -148,6 +165,8 @@ def run_slide(
     ``domain_features`` (for describing a domain).
     """
     device = pick_device(device)
+    if num_workers is None:
+        num_workers = reader_processes(device)
     run = _Run(device, batch_size, num_workers, amp, progress or _no_progress, _Timer(device))
     start = time.perf_counter()
     with run.timer.section("tissue"):

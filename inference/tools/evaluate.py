@@ -141,7 +141,7 @@ def evaluate_paths(
     classifier: PhaseClassifier | None,
     *,
     score_threshold: float | None = None,
-    num_workers: int = 1,
+    num_workers: int | None = None,
     device: str | None = None,
 ) -> list[SlideEvaluation]:
     """Run the pipeline on synthetic slides (ground truth in ``<slide>.json``) and keep each

@@ -23,7 +23,9 @@ class Command(BaseCommand):
             "--slides", nargs="+", type=Path, help="ground-truth JSON files, slide beside each"
         )
         parser.add_argument("--json-out", type=Path, help="default: var/evaluation.json")
-        parser.add_argument("--workers", type=int, default=settings.INFERENCE_LOADER_WORKERS)
+        parser.add_argument(
+            "--workers", type=int, help="reader processes (default: as the device leaves room)"
+        )
         parser.add_argument(
             "--record",
             action="store_true",
