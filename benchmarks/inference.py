@@ -1,7 +1,7 @@
 """Whole-slide inference speed: end to end vs the model's pure compute vs a naive loop.
 
     .venv/bin/python benchmarks/inference.py [--size 16000x12000] [--device cpu|cuda]
-        [--workers 2] [--repeat 3] [--slide PATH] [--skip-naive]
+        [--workers 2] [--repeat 3] [--slide PATH] [--skip-naive] [--job] [--forced-readers]
 
 On one synthetic slide with the shipped models:
   end to end    run_slide: tissue mask, patches read while the detector runs (by as many
@@ -18,9 +18,11 @@ On one synthetic slide with the shipped models:
                 the engine and the active models loaded before); its time is the job's
                 started_at → ended_at as RQ records them (tissue, patches, models,
                 classification, MIL, findings, HPF map: everything the lab waits for).
-End to end, pure compute (and the job) alternate ``--repeat`` times (this machine may be
-shared); prints a markdown table row per mode with the medians, and the ratio of each to
-pure compute, pair by pair.
+  forced        with --forced-readers: end to end with --workers reader processes
+                whatever the device leaves room for (what a run did before it asked).
+End to end, pure compute (and the job, and the forced readers) alternate ``--repeat``
+times (this machine may be shared); prints a markdown table row per mode with the
+medians, and the ratio of each to pure compute, pair by pair.
 """
 
 import argparse
@@ -171,6 +173,9 @@ def main():
     parser.add_argument("--slide", type=Path, help="reuse this synthetic slide if it exists")
     parser.add_argument("--repeat", type=int, default=3, help="alternating runs; medians")
     parser.add_argument("--job", action="store_true", help="also time the RQ job")
+    parser.add_argument(
+        "--forced-readers", action="store_true", help="also time --workers readers, forced"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     readers = reader_processes(device, args.workers)
@@ -190,12 +195,16 @@ def main():
         jobs = (
             PortalJobs(Path(tmp) / "portal", slide_path, device, args.workers) if args.job else None
         )
-        end_to_end, compute, stages, job_seconds, job_stages = [], [], [], [], []
+        end_to_end, compute, stages, job_seconds, job_stages, forced = [], [], [], [], [], []
         for _ in tqdm(range(args.repeat), desc="alternating runs"):
             if jobs:
                 seconds, timings = jobs.run_once()
                 job_seconds.append(seconds)
                 job_stages.append(timings)
+            if args.forced_readers:
+                start = time.perf_counter()
+                run_slide(slide_path, detector, classifier, device=device, num_workers=args.workers)
+                forced.append(time.perf_counter() - start)
             start = time.perf_counter()
             result = run_slide(
                 slide_path,
@@ -215,6 +224,9 @@ def main():
             ("end to end (run_slide)", statistics.median(end_to_end), stats["patches_tissue"]),
             ("pure compute, patches in memory", statistics.median(compute), len(patches)),
         ]
+        if forced:
+            name = f"end to end, {args.workers} readers forced"
+            rows.append((name, statistics.median(forced), stats["patches_tissue"]))
         if jobs:
             jobs.close()
             rows.append(("RQ job, started → ended", statistics.median(job_seconds), len(patches)))
@@ -237,7 +249,11 @@ def main():
     print("|---|---|---|---|---|")
     for name, seconds, n in rows:
         print(f"| {name} | {n} | {seconds:.1f} | {n / seconds:.1f} | {seconds / 60:.2f} |")
-    for name, times in (("End to end", end_to_end), ("RQ job", job_seconds)):
+    for name, times in (
+        ("End to end", end_to_end),
+        ("RQ job", job_seconds),
+        (f"End to end, {args.workers} readers forced", forced),
+    ):
         if not times:
             continue
         ratios = sorted(e / c for e, c in zip(times, compute, strict=True))
