@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from django.conf import settings
 from django.core.management import call_command
 from PIL import Image
@@ -23,6 +24,7 @@ from cases.models import AuditEvent, Case, CaseAssignment, Patient
 from cases.registration import register_slide
 from inference import services
 from inference.engine.domain import DomainDescription, fit_description, measure
+from inference.engine.domain_probe import DomainProbe
 from inference.engine.model_io import load_detector
 from inference.engine.pipeline import run_slide
 from inference.jobs import execute_run
@@ -32,6 +34,16 @@ from inference.tools.domain import slide_from_image
 
 REAL_HE = "data/encoded/JPEG_Baseline_(Process_1)-RGB-8.jpg"
 CARD = json.loads((settings.SHIPPED_MODELS / "mitolens-detector-1.0.json").read_text())
+
+
+def test_the_probe_measures_each_input_channels_mean_and_std() -> None:
+    network = _detector().module
+    batch = torch.rand(3, 3, 64, 64) * 4 - 1
+    with DomainProbe(network) as probe, torch.no_grad():
+        network(batch)
+    colour = probe.features()[:, -6:]
+    expected = torch.cat([batch.mean((2, 3)), batch.std((2, 3))], 1).double().numpy()
+    assert np.allclose(colour, expected, atol=1e-5)
 
 
 def _detector():
