@@ -11,8 +11,10 @@ baseline; it has no default window, so ours: 16 px, stride 8); GradientShap
 (n_samples=50 as DESIGN.md names the anchor, where Captum's default is 5; stdevs=0.0;
 our four reference images, which it requires); LayerGradCam
 on the layer we explain, upsampled bilinearly. Ours and the anchor alternate crop by
-crop. Prints the median per method and of the five together. ``--faithfulness`` also
-prints our maps' figures as shipped beside the same maps computed wholly in float32.
+crop. Prints the median per method and of the five together, and the rate occlusion's
+float32 passes reach (multiply-adds counted with hooks) beside a large matrix product's.
+``--faithfulness`` also prints our maps' figures as shipped beside the same maps computed
+wholly in float32.
 """
 
 import argparse
@@ -84,6 +86,37 @@ def captum_defaults(model, crop) -> dict[str, float]:
         call()
         times[method] = (time.perf_counter() - start) * 1000
     return times
+
+
+def multiply_adds(network: torch.nn.Module, input_px: int) -> int:
+    """Multiply-adds of one pass of ``network`` (its convolutions and linear layers)."""
+    total = 0
+
+    def count(module, _inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() * module.in_channels // module.groups * kernel
+        elif isinstance(module, torch.nn.Linear):
+            total += output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in network.modules()]
+    with torch.no_grad():
+        network(torch.zeros(1, 3, input_px, input_px))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def matmul_gflops(side: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a float32 ``side``-square matrix product on torch's threads: what this
+    machine's cores reach on the densest work there is."""
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * side**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def faithfulness(model, crops) -> None:
@@ -171,6 +204,15 @@ def main():
     a, b = statistics.median(mine_maps), statistics.median(anchor_maps)
     print(f"| the five maps | {a:.0f} | {b:.0f} | {b / a:.1f}× |")
     print(f"| ours with the deletion AUCs | {statistics.median(totals):.0f} | | |")
+    settings = AttributionSettings()
+    windows = ((spec.patch_px - settings.occlusion_window) // settings.occlusion_stride + 1) ** 2
+    macs = multiply_adds(model.module, spec.network_px)
+    seconds = statistics.median(mine["occlusion"]) / 1000
+    print(
+        f"\nOcclusion: {windows + 1} float32 passes of {macs / 1e6:.0f} M multiply-adds, "
+        f"{2 * macs * (windows + 1) / seconds / 1e9:.0f} GFLOP/s (a 2,048-square float32 "
+        f"matrix product: {matmul_gflops():.0f} GFLOP/s)"
+    )
     if args.faithfulness:
         faithfulness(model, crops)
 
