@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from inference.engine.detect import Detections
@@ -23,7 +24,7 @@ from inference.engine.model_io import (
 from inference.engine.networks import build_classifier
 from inference.engine.patches import PatchDataset, patch_grid
 from inference.engine.pipeline import reader_processes, run_slide
-from inference.engine.tissue import detect_tissue, overview, tissue_mask_from_rgb
+from inference.engine.tissue import _morphology, detect_tissue, overview, tissue_mask_from_rgb
 from inference.tools.synth import generate_slide
 from slides import MissingMppError, Scale, open_slide, read_region, slide_mpp
 
@@ -130,6 +131,23 @@ def test_tissue_mask_finds_blob_not_background(slide_path: Path) -> None:
     assert tissue.fraction(1200, 0, 300, 1000) == 0.0
     blob_area = (x1 - x0) * (y1 - y0) / (tissue.scale_x * tissue.scale_y)
     assert tissue.mask.sum() == pytest.approx(blob_area, rel=0.1)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_closing_and_opening_are_scipys(radius: int) -> None:
+    rng = np.random.default_rng(radius)
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disk = xx**2 + yy**2 <= radius**2
+    for share in (0.1, 0.5, 0.9):
+        mask = rng.random((97, 130)) < share
+        padded = np.pad(mask, radius, mode="edge")
+        inner = (slice(radius, -radius), slice(radius, -radius))
+        for closing, scipy_operation in (
+            (True, ndimage.binary_closing),
+            (False, ndimage.binary_opening),
+        ):
+            expected = scipy_operation(padded, structure=disk)[inner]
+            assert np.array_equal(_morphology(mask, radius, closing), expected)
 
 
 def test_the_tissue_overview_is_a_level_as_it_is_where_one_fits(slide_path: Path) -> None:
