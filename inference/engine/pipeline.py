@@ -50,12 +50,12 @@ def reader_processes(device: torch.device, most: int = 2) -> int:
     cores the model's threads leave free, and none where it leaves none (patches are then
     read in the model's process between batches): a reader that preempts one of the
     model's threads stalls every thread of that operation, which costs more than reading
-    in turn (docs/benchmarks.md: on 2 cores, 1.33x the pure compute against 1.57x with
+    in turn (docs/benchmarks.md: on 2 cores, 1.25x the pure compute against 1.45x with
     two readers)."""
     if device.type != "cpu":
         return most
-    spare = len(os.sched_getaffinity(0)) - torch.get_num_threads()
-    return max(0, min(most, spare))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(most, (cores or 1) - torch.get_num_threads()))
 
 
 def _no_progress(stage: str, fraction: float) -> None:
@@ -105,13 +105,15 @@ class _Run:
         loader = self.loader(dataset)
         iterator = iter(loader)
         self.progress(stage, 0.0)
-        for i, indices in enumerate(loader.batch_sampler):
-            with self.timer.section(f"{stage}_read_wait"):
-                images, origins = next(iterator)
-                images = model_input(images, self.device)
-            yield images, origins, indices
-            self.progress(stage, (i + 1) / len(loader))
-        dataset.close()
+        try:
+            for i, indices in enumerate(loader.batch_sampler):
+                with self.timer.section(f"{stage}_read_wait"):
+                    images, origins = next(iterator)
+                    images = model_input(images, self.device)
+                yield images, origins, indices
+                self.progress(stage, (i + 1) / len(loader))
+        finally:  # a cancelled run leaves no handle (readers may be this process)
+            dataset.close()
         self.progress(stage, 1.0)
 
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -6,6 +6,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from inference.engine.pipeline import pick_device, reader_processes
 from inference.registry import load_version
 from inference.services import RunRefused, active_models
 from inference.tools.evaluate import evaluate_paths, report
@@ -24,7 +25,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--json-out", type=Path, help="default: var/evaluation.json")
         parser.add_argument(
-            "--workers", type=int, help="reader processes (default: as the device leaves room)"
+            "--workers", type=int, help="reader processes (default: as an AI run here reads)"
         )
         parser.add_argument(
             "--record",
@@ -42,8 +43,15 @@ class Command(BaseCommand):
             if slides
             else Recipe().test_paths(Path(settings.VAR_DIR) / "train")
         )
+        device = pick_device(settings.INFERENCE_DEVICE or None)
+        if workers is None:
+            workers = reader_processes(device, settings.INFERENCE_LOADER_WORKERS)
         evaluations = evaluate_paths(
-            paths, load_version(detector), load_version(classifier), num_workers=workers
+            paths,
+            load_version(detector),
+            load_version(classifier),
+            num_workers=workers,
+            device=str(device),
         )
         result = report(evaluations, detector.spec["score_threshold"])
         result["models"] = {"detector": str(detector), "phase_classifier": str(classifier)}
