@@ -62,6 +62,21 @@ class RunProgress:
             self.echo(stage, percent)
 
 
+def worker_device():
+    """The torch device this worker's runs use: INFERENCE_DEVICE, else CUDA when present."""
+    from .engine.pipeline import pick_device
+
+    return pick_device(settings.INFERENCE_DEVICE or None)
+
+
+def patch_readers(device) -> int:
+    """Processes that read a run's patches on ``device`` (at most INFERENCE_LOADER_WORKERS;
+    see engine.pipeline.reader_processes)."""
+    from .engine.pipeline import reader_processes
+
+    return reader_processes(device, settings.INFERENCE_LOADER_WORKERS)
+
+
 def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> dict:
     """The job: run the run's models over its slide and store the findings.
 
@@ -70,12 +85,10 @@ def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> 
     """
     # The engine (torch) is imported by the jobs, never with this module, which web
     # processes import to enqueue them; workers load it once, before forking (portal.workers).
-    from .engine.pipeline import pick_device
-
     run = InferenceRun.objects.select_related("slide", "detector", "classifier").get(pk=run_id)
     if run.status != InferenceRun.Status.QUEUED:
         return {"skipped": run.status}
-    device = pick_device(settings.INFERENCE_DEVICE or None)
+    device = worker_device()
     with transaction.atomic():
         started = InferenceRun.objects.filter(pk=run_id, status=InferenceRun.Status.QUEUED)
         if not started.update(
@@ -105,14 +118,14 @@ def execute_run(run_id: int, echo: Callable[[str, int], None] | None = None) -> 
 
 
 def _infer(run: InferenceRun, device, progress: RunProgress):
-    from .engine.pipeline import reader_processes, run_slide
+    from .engine.pipeline import run_slide
 
     return run_slide(
         run.slide.path,
         loaded_version(run.detector),
         loaded_version(run.classifier),
         device=device,
-        num_workers=reader_processes(device, settings.INFERENCE_LOADER_WORKERS),
+        num_workers=patch_readers(device),
         mpp_override=run.slide.mpp_override,
         score_threshold=run.parameters.get("score_threshold"),
         progress=progress,

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from cases.services import record_audit
 
+from .jobs import worker_device
 from .models import ModelVersion, TrainingRun
 from .registry import DETECTOR_NAME, load_version, register_model
 from .services import RunRefused, active_models, job_queue
@@ -203,13 +204,12 @@ def execute_training(
 ) -> dict:
     """The job: fine-tune the run's base models on its dataset, evaluate both versions on
     the held-out cases, and register the candidates (inactive) with their model card."""
-    from .engine.pipeline import pick_device
     from .tools.finetune import Dataset, FinetuneSettings, finetune
 
     run = TrainingRun.objects.select_related("base_detector", "base_classifier").get(pk=run_id)
     if run.status != TrainingRun.Status.QUEUED:
         return {"skipped": run.status}
-    device = pick_device(settings.INFERENCE_DEVICE or None)
+    device = worker_device()
     TrainingRun.objects.filter(pk=run_id).update(
         status=TrainingRun.Status.RUNNING, started_at=timezone.now(), device=str(device)
     )

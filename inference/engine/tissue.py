@@ -160,7 +160,8 @@ def _disk_shifts(shape: tuple[int, ...], radius: int) -> Iterator[tuple[tuple, t
     p + (dy, dx), wherever both lie in an image of ``shape``."""
     height, width = shape
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    for dy, dx in zip(yy[xx**2 + yy**2 <= radius**2], xx[xx**2 + yy**2 <= radius**2], strict=True):
+    disk = xx**2 + yy**2 <= radius**2
+    for dy, dx in zip(yy[disk], xx[disk], strict=True):
         target = slice(max(-dy, 0), height - max(dy, 0)), slice(max(-dx, 0), width - max(dx, 0))
         source = slice(max(dy, 0), height - max(-dy, 0)), slice(max(dx, 0), width - max(-dx, 0))
         yield target, source

@@ -6,7 +6,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from inference.engine.pipeline import pick_device, reader_processes
+from inference.jobs import patch_readers, worker_device
 from inference.registry import load_version
 from inference.services import RunRefused, active_models
 from inference.tools.evaluate import evaluate_paths, report
@@ -43,9 +43,9 @@ class Command(BaseCommand):
             if slides
             else Recipe().test_paths(Path(settings.VAR_DIR) / "train")
         )
-        device = pick_device(settings.INFERENCE_DEVICE or None)
+        device = worker_device()
         if workers is None:
-            workers = reader_processes(device, settings.INFERENCE_LOADER_WORKERS)
+            workers = patch_readers(device)
         evaluations = evaluate_paths(
             paths,
             load_version(detector),
