@@ -35,6 +35,7 @@ from captum.attr import (
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .differences import OutputDifferences
 from .vocabulary import ATTRIBUTION_METHODS as METHODS
 
 
@@ -53,10 +54,11 @@ class AttributionSettings:
     blur_sigma: float = 4.0
     deletion_steps: int = 16
     seed: int = 0
-    # IG and GradientSHAP in bfloat16 where the hardware computes it natively (about half
-    # the time): each averages 32 gradients, and their maps and figures stayed as in
-    # float32. Occlusion stays float32: each window is one difference of two scores, and
-    # bfloat16's rounding showed in its maps (docs/benchmarks.md).
+    # bfloat16 where the hardware computes it natively (about half the time or less). IG
+    # and GradientSHAP each average 32 gradients: their maps and figures stay as in
+    # float32. Occlusion's windows are each one small difference of two scores, which
+    # bfloat16 passes would round away: its passes carry the differences themselves
+    # (engine.differences), so its maps stay within 1 % of float32's (docs/benchmarks.md).
     bfloat16: bool = True
 
 
@@ -388,15 +390,18 @@ def _integrated_gradients(model, image, blur, target, s: AttributionSettings) ->
 
 
 def _occlusion(model, image, blur, target, s: AttributionSettings) -> MethodMap:
-    window, stride = s.occlusion_window, s.occlusion_stride
+    window, stride, precision = s.occlusion_window, s.occlusion_stride, _precision(image, s)
     attribution, ms = _timed(
-        lambda: occlusion(model, image, blur, target, window, stride, s.occlusion_per_eval or 1)
+        lambda: occlusion(
+            model, image, blur, target, window, stride, s.occlusion_per_eval or 1, precision
+        )
     )
     parameters = {
         "window": window,
         "stride": stride,
         "baseline": "blurred",
         "perturbations_per_eval": s.occlusion_per_eval,
+        "precision": precision,
     }
     return MethodMap("occlusion", _reduce(attribution), ms, {}, parameters)
 
@@ -409,13 +414,16 @@ def occlusion(
     window: int,
     stride: int,
     per_eval: int,
+    precision: str = "float32",
 ) -> Tensor:
     """Captum's Occlusion with a window over all channels: each pixel's attribution is the
     mean drop of the target's score over the windows (``window`` px, every ``stride`` px)
     that replace it by ``baseline``. The same windows and formula, without Captum's
     general-purpose bookkeeping (about a quarter of its time here), where the windows tile
     the crop exactly; otherwise Captum itself (it adds a cut-off window at the edges).
-    Shape of ``image``."""
+    With ``precision="bfloat16"``, the drops are carried through the network as
+    differences (:class:`OutputDifferences`) with bfloat16 convolutions, where it can be
+    traced. Shape of ``image``."""
     _, channels, height, width = image.shape
     if min(height, width) < window or (height - window) % stride or (width - window) % stride:
         return Occlusion(model).attribute(
@@ -431,7 +439,7 @@ def occlusion(
         for top in range(0, height - window + 1, stride)
         for left in range(0, width - window + 1, stride)
     ]
-    drops = _occlusion_drops(model, image, baseline, target, corners, window, per_eval)
+    drops = _occlusion_drops(model, image, baseline, target, corners, window, per_eval, precision)
     total = torch.zeros(height, width, device=image.device)
     covered = torch.zeros(height, width, device=image.device)
     for drop, (top, left) in zip(drops, corners, strict=True):
@@ -448,6 +456,7 @@ def _occlusion_drops(
     corners: list[tuple[int, int]],
     window: int,
     per_eval: int,
+    precision: str,
 ) -> Tensor:
     """The drop of the target's score for each window (at ``corners``) replaced by
     ``baseline``. Where the crop is k times the network's input and the windows lie on
@@ -467,15 +476,23 @@ def _occlusion_drops(
     height, width = image.shape[-2:]
     drops = []
     with torch.no_grad():
-        score = network(image)[0, target]
+        moved = None
+        if precision == "bfloat16":
+            moved = OutputDifferences.around(network, image, torch.bfloat16)
+        if moved is None:
+            score = network(image)[0, target]
         difference = baseline - image
         for start in range(0, len(corners), per_eval):
             chunk = corners[start : start + per_eval]
             masks = torch.zeros(len(chunk), 1, height, width)
             for mask, (top, left) in zip(masks, chunk, strict=True):
                 mask[:, top : top + window, left : left + window] = 1
-            perturbed = image + difference * masks.to(image.device)
-            drops.append(score - network(perturbed.contiguous(memory_format=layout))[:, target])
+            change = (difference * masks.to(image.device)).contiguous(memory_format=layout)
+            if moved is not None:
+                drops.append(-moved(change)[:, target])
+            else:
+                perturbed = (image + change).contiguous(memory_format=layout)
+                drops.append(score - network(perturbed)[:, target])
     return torch.cat(drops)
 
 
