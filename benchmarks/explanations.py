@@ -13,7 +13,7 @@ our four reference images, which it requires); LayerGradCam
 on the layer we explain, upsampled bilinearly. Ours and the anchor alternate crop by
 crop. Prints the median per method and of the five together, and the rate occlusion's
 passes reach (multiply-adds counted with hooks; bfloat16 differences where the CPU has it
-natively, else float32) beside a large float32 matrix product's.
+natively, else float32, as the map records) beside a large float32 matrix product's.
 ``--faithfulness`` also prints our maps' figures as shipped beside the same maps computed
 wholly in float32.
 """
@@ -45,7 +45,6 @@ from inference.engine.attribution import (  # noqa: E402
     METHODS,
     AttributionSettings,
     CropClassifier,
-    _precision,
     blurred,
     explain_crop,
     last_conv_block,
@@ -210,7 +209,8 @@ def main():
     windows = ((spec.patch_px - settings.occlusion_window) // settings.occlusion_stride + 1) ** 2
     macs = multiply_adds(model.module, spec.network_px)
     seconds = statistics.median(mine["occlusion"]) / 1000
-    precision = _precision(torch.zeros(1), settings)
+    (occlusion_map,) = explain_crop(model, crops[0], ["occlusion"])[2]
+    precision = occlusion_map.parameters["precision"]
     print(
         f"\nOcclusion: {windows + 1} {precision} passes of {macs / 1e6:.0f} M multiply-adds, "
         f"{2 * macs * (windows + 1) / seconds / 1e9:.0f} GFLOP/s (a 2,048-square float32 "

@@ -80,6 +80,36 @@ def test_bfloat16_differences_round_within_the_changes_scale():
     assert float((whole - expected).abs().max()) > 0.1 * scale  # what it avoids
 
 
+class Normalised(nn.Module):
+    """Buffers and a plain tensor attribute as constants, a constant that broadcasts a
+    smaller difference, and an in-place method."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.rand(1, 3, 1, 1))
+        self.register_buffer("std", torch.rand(1, 3, 1, 1) + 0.5)
+        self.position = torch.randn(1, 3, 4, 4)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, 2)
+
+    def forward(self, x):
+        y = F.adaptive_avg_pool2d((x - self.mean) / self.std, 1) + self.position
+        y = y.mul_(2.0)
+        return self.fc(torch.flatten(self.conv(y), 1))
+
+
+def test_constants_of_every_kind_are_carried_exactly():
+    torch.manual_seed(2)
+    network = Normalised().eval()
+    x = torch.randn(1, 3, 8, 8)
+    d = changes(x.shape)
+    with torch.no_grad():
+        moved = OutputDifferences.around(network, x)
+        expected = network(x + d) - network(x)
+        for _ in range(2):  # nothing of x's pass changes from call to call
+            assert torch.allclose(moved(d), expected, atol=1e-5)
+
+
 class ReadsItsSize(nn.Module):
     def forward(self, x):
         return x.view(x.size(0), -1).sum(1, keepdim=True)
@@ -90,6 +120,63 @@ class Branches(nn.Module):
         return x if x.sum() > 0 else -x
 
 
-@pytest.mark.parametrize("network", [ReadsItsSize(), Branches()])
+class TwoOutputs(nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3)), x.amax((2, 3))
+
+
+class Masks(nn.Module):
+    def forward(self, x):
+        return (x * (x > 0)).mean((2, 3))
+
+
+class TwoInputs(nn.Module):
+    def forward(self, x, shift: float = 0.0):
+        return (x + shift).mean((2, 3))
+
+
+class Aliased(nn.Module):
+    """Reads a tensor after an in-place ReLU changed it: a graph of values would not."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = x * 1.0
+        z = self.relu(y)
+        return (y + z).mean((2, 3))
+
+
+def hooked():
+    network = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Flatten())
+    network[0].register_forward_hook(lambda module, inputs, output: output * 2)
+    return network
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        ReadsItsSize(),
+        Branches(),
+        TwoOutputs(),
+        Masks(),
+        TwoInputs(),
+        Aliased(),
+        hooked(),
+        nn.Sequential(nn.Conv2d(3, 3, 1), nn.Dropout(0.5)),  # in training mode
+    ],
+    ids=lambda network: type(network).__name__,
+)
 def test_networks_it_cannot_carry_are_refused(network):
-    assert OutputDifferences.around(network, torch.zeros(1, 3, 8, 8)) is None
+    if not isinstance(network[-1] if isinstance(network, nn.Sequential) else None, nn.Dropout):
+        network.eval()
+    assert OutputDifferences.around(network, torch.randn(1, 3, 8, 8)) is None
+
+
+def test_a_network_changed_after_its_trace_is_refused():
+    network = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Flatten(), nn.Linear(3 * 8 * 8, 2)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    assert OutputDifferences.around(network, x) is not None
+    network[2] = nn.Linear(3 * 8 * 8, 2)
+    assert OutputDifferences.around(network, x) is None

@@ -390,18 +390,17 @@ def _integrated_gradients(model, image, blur, target, s: AttributionSettings) ->
 
 
 def _occlusion(model, image, blur, target, s: AttributionSettings) -> MethodMap:
-    window, stride, precision = s.occlusion_window, s.occlusion_stride, _precision(image, s)
-    attribution, ms = _timed(
-        lambda: occlusion(
-            model, image, blur, target, window, stride, s.occlusion_per_eval or 1, precision
-        )
+    window, stride = s.occlusion_window, s.occlusion_stride
+    per_eval, precision = s.occlusion_per_eval or 1, _precision(image, s)
+    (attribution, ran_in), ms = _timed(
+        lambda: occlusion(model, image, blur, target, window, stride, per_eval, precision)
     )
     parameters = {
         "window": window,
         "stride": stride,
         "baseline": "blurred",
         "perturbations_per_eval": s.occlusion_per_eval,
-        "precision": precision,
+        "precision": ran_in,
     }
     return MethodMap("occlusion", _reduce(attribution), ms, {}, parameters)
 
@@ -415,18 +414,18 @@ def occlusion(
     stride: int,
     per_eval: int,
     precision: str = "float32",
-) -> Tensor:
+) -> tuple[Tensor, str]:
     """Captum's Occlusion with a window over all channels: each pixel's attribution is the
     mean drop of the target's score over the windows (``window`` px, every ``stride`` px)
     that replace it by ``baseline``. The same windows and formula, without Captum's
     general-purpose bookkeeping (about a quarter of its time here), where the windows tile
     the crop exactly; otherwise Captum itself (it adds a cut-off window at the edges).
     With ``precision="bfloat16"``, the drops are carried through the network as
-    differences (:class:`OutputDifferences`) with bfloat16 convolutions, where it can be
-    traced. Shape of ``image``."""
+    differences (:class:`OutputDifferences`) with bfloat16 convolutions where it allows.
+    Returns the map (shape of ``image``) and the precision its passes ran in."""
     _, channels, height, width = image.shape
     if min(height, width) < window or (height - window) % stride or (width - window) % stride:
-        return Occlusion(model).attribute(
+        attribution = Occlusion(model).attribute(
             image,
             sliding_window_shapes=(channels, window, window),
             strides=(channels, stride, stride),
@@ -434,18 +433,21 @@ def occlusion(
             target=target,
             perturbations_per_eval=per_eval,
         )
+        return attribution, "float32"
     corners = [
         (top, left)
         for top in range(0, height - window + 1, stride)
         for left in range(0, width - window + 1, stride)
     ]
-    drops = _occlusion_drops(model, image, baseline, target, corners, window, per_eval, precision)
+    drops, precision = _occlusion_drops(
+        model, image, baseline, target, corners, window, per_eval, precision
+    )
     total = torch.zeros(height, width, device=image.device)
     covered = torch.zeros(height, width, device=image.device)
     for drop, (top, left) in zip(drops, corners, strict=True):
         total[top : top + window, left : left + window] += drop
         covered[top : top + window, left : left + window] += 1
-    return (total / covered.clamp(min=1)).expand(1, channels, height, width)
+    return (total / covered.clamp(min=1)).expand(1, channels, height, width), precision
 
 
 def _occlusion_drops(
@@ -457,13 +459,13 @@ def _occlusion_drops(
     window: int,
     per_eval: int,
     precision: str,
-) -> Tensor:
+) -> tuple[Tensor, str]:
     """The drop of the target's score for each window (at ``corners``) replaced by
-    ``baseline``. Where the crop is k times the network's input and the windows lie on
-    k-px cells, the windows are replaced on the network's input instead, once resized
-    and normalised: bilinear downsampling by an integer k reads each output pixel from
-    its own k-px cell, and normalising is per pixel, so the network sees the same input
-    without resizing each perturbed copy."""
+    ``baseline``, and the precision the passes ran in. Where the crop is k times the
+    network's input and the windows lie on k-px cells, the windows are replaced on the
+    network's input instead, once resized and normalised: bilinear downsampling by an
+    integer k reads each output pixel from its own k-px cell, and normalising is per
+    pixel, so the network sees the same input without resizing each perturbed copy."""
     cell = _input_cell(model, image, window, corners)
     if cell:
         network = model.module
@@ -473,27 +475,37 @@ def _occlusion_drops(
         layout = model.memory_format
     else:
         network, layout = model, torch.contiguous_format
-    height, width = image.shape[-2:]
-    drops = []
     with torch.no_grad():
         moved = None
         if precision == "bfloat16":
             moved = OutputDifferences.around(network, image, torch.bfloat16)
-        if moved is None:
-            score = network(image)[0, target]
-        difference = baseline - image
-        for start in range(0, len(corners), per_eval):
-            chunk = corners[start : start + per_eval]
-            masks = torch.zeros(len(chunk), 1, height, width)
-            for mask, (top, left) in zip(masks, chunk, strict=True):
-                mask[:, top : top + window, left : left + window] = 1
-            change = (difference * masks.to(image.device)).contiguous(memory_format=layout)
-            if moved is not None:
-                drops.append(-moved(change)[:, target])
-            else:
+        if moved is not None:
+
+            def drops(change: Tensor) -> Tensor:
+                return -moved(change)[:, target]
+        else:
+            precision, score = "float32", network(image)[0, target]
+
+            def drops(change: Tensor) -> Tensor:
                 perturbed = (image + change).contiguous(memory_format=layout)
-                drops.append(score - network(perturbed)[:, target])
-    return torch.cat(drops)
+                return score - network(perturbed)[:, target]
+
+        changes = _window_changes(baseline - image, corners, window, per_eval, layout)
+        return torch.cat([drops(change) for change in changes]), precision
+
+
+def _window_changes(
+    difference: Tensor, corners: list[tuple[int, int]], window: int, per_eval: int, layout
+) -> Iterator[Tensor]:
+    """Batches of at most ``per_eval`` changes, each ``difference`` inside one window
+    (at ``corners``) and zero elsewhere."""
+    height, width = difference.shape[-2:]
+    for start in range(0, len(corners), per_eval):
+        chunk = corners[start : start + per_eval]
+        masks = torch.zeros(len(chunk), 1, height, width)
+        for mask, (top, left) in zip(masks, chunk, strict=True):
+            mask[:, top : top + window, left : left + window] = 1
+        yield (difference * masks.to(difference.device)).contiguous(memory_format=layout)
 
 
 def _input_cell(model: nn.Module, image: Tensor, window: int, corners) -> int:

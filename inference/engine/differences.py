@@ -3,11 +3,14 @@ many small changes d (occlusion's windows), carried layer by layer as difference
 
 The network is traced once (torch.fx). x's own pass is kept in float32; each change is
 then pushed through as a difference: linear layers (convolutions, fully connected layers,
-additions, pooling by averages, reshapes) take the difference alone, and every other
+sums, pooling by averages, reshapes) take the difference alone, and every other
 operation g gives g(x's value + difference) - g(x's value). Convolutions may run in
 bfloat16: their rounding is then relative to the difference, not to the activations it
 is a small change of, which is what makes bfloat16 usable for score differences
 (computing f(x + d) and f(x) each in bfloat16 loses most of the digits of a small drop).
+
+A network this cannot carry faithfully is refused (:meth:`OutputDifferences.around` gives
+None) and the caller runs whole passes instead.
 """
 
 from __future__ import annotations
@@ -20,32 +23,47 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_SAME_OP_MODULES = (nn.Identity, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Dropout)
-_SAME_OP_FUNCTIONS = {torch.flatten}
-_SAME_OP_METHODS = {"view", "reshape", "flatten", "contiguous"}
+_LINEAR_MODULES = (nn.Identity, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Dropout)
+_LINEAR_FUNCTIONS = {torch.flatten}
+_LINEAR_METHODS = {"view", "reshape", "flatten", "contiguous"}
 _SUMS = {operator.add, operator.sub, torch.add, torch.sub}
 _RELUS = {F.relu, torch.relu}
-_SIZE_READS = {"size", "dim"}  # x's batch of one would stand for the differences' batch
+_SIZE_READS = {"size", "dim", "numel", "stride"}  # x's batch of one is not the changes'
 
 _traced: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+class Unsupported(Exception):
+    """The network cannot be carried as differences; run whole passes."""
+
+
 def traced(network: nn.Module) -> torch.fx.GraphModule | None:
-    """``network`` traced by torch.fx (once per network), or None where it cannot be, or
-    where its graph reads a tensor's size."""
+    """``network`` traced by torch.fx, once per network object (so a network must not be
+    changed in place once traced; :meth:`OutputDifferences.around` checks its output
+    against the network's own), or None where it cannot be traced."""
     if network not in _traced:
         try:
-            graph_module = torch.fx.symbolic_trace(network)
+            _traced[network] = torch.fx.symbolic_trace(network)
         except Exception:  # dynamic control flow
-            graph_module = None
-        if graph_module is not None and any(
-            (n.op == "call_method" and n.target in _SIZE_READS)
-            or (n.op == "call_function" and n.target is getattr)
-            for n in graph_module.graph.nodes
-        ):
-            graph_module = None
-        _traced[network] = graph_module
+            _traced[network] = None
     return _traced[network]
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs a traced graph keeping every node's value. Arguments are copied first, so
+    in-place layers (a ResNet's ReLUs) leave the values before them as they were."""
+
+    def __init__(self, graph_module: torch.fx.GraphModule):
+        super().__init__(graph_module, garbage_collect_values=False)
+
+    def fetch_args_kwargs_from_env(self, n: torch.fx.Node):
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        copy = lambda v: v.clone() if isinstance(v, Tensor) else v  # noqa: E731
+        return torch.fx.node.map_aggregate((args, kwargs), copy)
+
+    def node(self, node: torch.fx.Node, args, kwargs):
+        """Run one node on the given argument values."""
+        return getattr(self, node.op)(node.target, args, kwargs)
 
 
 class OutputDifferences:
@@ -53,30 +71,45 @@ class OutputDifferences:
     changes ``d``, with convolutions in ``dtype``. Build with :meth:`around`."""
 
     def __init__(self, graph_module: torch.fx.GraphModule, x: Tensor, dtype: torch.dtype):
-        self.graph_module = graph_module
+        self.graph = graph_module.graph
+        self.recorder = _Recorder(graph_module)
         self.modules = dict(graph_module.named_modules())
         self.dtype = dtype
         self.weights = {
             name: module.weight.detach().to(dtype)
             for name, module in self.modules.items()
-            if isinstance(module, nn.Conv2d)
+            if type(module) is nn.Conv2d
         }
-        self.values = self._values(x)
+        self.recorder.run(x)
+        self.values = self.recorder.env
         self.relu_parts: dict[torch.fx.Node, tuple[Tensor, Tensor]] = {}
+        self.released_after = _last_uses(self.graph)
 
     @classmethod
     def around(
         cls, network: nn.Module, x: Tensor, dtype: torch.dtype = torch.float32
     ) -> OutputDifferences | None:
         """The differences of ``network`` (in evaluation mode) around ``x``, or None where
-        it cannot be traced."""
+        they could differ from whole passes: a network that cannot be traced, is in
+        training mode or has hooks, whose graph reads sizes, takes more than x or gives
+        anything but one floating-point tensor at any step, whose traced pass is not its
+        own (in-place aliasing, a network changed since it was traced), or whose carried
+        difference for a probe change is not that of two whole passes."""
         graph_module = traced(network)
-        return None if graph_module is None else cls(graph_module, x, dtype)
+        if graph_module is None or network.training or _has_hooks(network):
+            return None
+        try:
+            _check_graph(graph_module.graph)
+            differences = cls(graph_module, x, dtype)
+            differences.check(network, x)
+        except Unsupported:
+            return None
+        return differences
 
     def __call__(self, d: Tensor) -> Tensor:
         """f(x + d) - f(x) in float32 for a batch ``d`` of changes of x's shape."""
         differences: dict[torch.fx.Node, Tensor | None] = {}
-        for node in self.graph_module.graph.nodes:
+        for node in self.graph.nodes:
             if node.op == "placeholder":
                 differences[node] = d
             elif node.op == "output":
@@ -85,54 +118,51 @@ class OutputDifferences:
                 differences[node] = None  # a constant
             else:
                 differences[node] = self._difference(node, differences)
-        raise ValueError("the traced network has no output")
+            for done in self.released_after.get(node, ()):
+                del differences[done]
+        raise Unsupported("the traced network has no output")
 
-    def _values(self, x: Tensor) -> dict[torch.fx.Node, object]:
-        """Every node's value for x; arguments are copied so in-place layers (a ResNet's
-        ReLUs) leave the values before them as they were."""
-        values: dict[torch.fx.Node, object] = {}
-        for node in self.graph_module.graph.nodes:
-            if node.op == "placeholder":
-                values[node] = x
-            elif node.op == "output":
-                break
-            else:
-                args, kwargs = torch.fx.node.map_arg(
-                    (node.args, node.kwargs),
-                    lambda n: values[n].clone() if isinstance(values[n], Tensor) else values[n],
-                )
-                values[node] = self._run(node, args, kwargs)
-        return values
-
-    def _run(self, node: torch.fx.Node, args, kwargs):
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        if node.op == "get_attr":
-            return self.graph_module.get_parameter(node.target)
-        raise ValueError(f"cannot run a {node.op} node")
+    def check(self, network: nn.Module, x: Tensor) -> None:
+        """Raise :class:`Unsupported` unless x's traced pass is the network's own and a
+        probe change's carried difference is that of two whole passes (to float32's
+        rounding, or within 5 % of its scale in bfloat16)."""
+        values = self.values.values()
+        if not all(isinstance(v, Tensor) and v.is_floating_point() for v in values):
+            raise Unsupported("a step gives something other than one floating-point tensor")
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+        probe = noise.to(x) * (0.1 * float(x.std()))
+        with torch.no_grad():
+            own = network(x)
+            expected = network(x + probe) - own
+            carried = self(probe)
+        output = self.values[self.graph.find_nodes(op="output")[0]]
+        if not torch.allclose(output, own, rtol=1e-5, atol=1e-5 * float(own.abs().max())):
+            raise Unsupported("the traced pass is not the network's own")
+        tolerance = 1e-3 if self.dtype == torch.float32 else 0.05
+        error = float((carried - expected).abs().max())
+        if not error <= tolerance * float(expected.abs().max()) + 1e-6:
+            raise Unsupported("a probe change's carried difference is not two passes'")
 
     def _difference(self, node: torch.fx.Node, differences) -> Tensor:
-        module = self.modules.get(node.target) if node.op == "call_module" else None
+        """One node's difference from its inputs' differences (at least one not None)."""
+        kind = type(self.modules.get(node.target)) if node.op == "call_module" else None
         source = differences.get(node.args[0]) if node.args else None
-        if isinstance(module, nn.Conv2d):
+        alone = source is not None and len(node.all_input_nodes) == 1
+        if kind is nn.Conv2d and alone:  # _conv_forward: the module's own padding mode
+            module = self.modules[node.target]
             return module._conv_forward(source.to(self.dtype), self.weights[node.target], None)
-        if isinstance(module, nn.Linear):
-            return F.linear(source.float(), module.weight)
-        if isinstance(module, nn.ReLU) or (node.op == "call_function" and node.target in _RELUS):
+        if kind is nn.Linear and alone:
+            return F.linear(source.float(), self.modules[node.target].weight)
+        if (kind is nn.ReLU or node.target in _RELUS) and alone:
             return self._relu(node, source)
         if node.op == "call_function" and node.target in _SUMS and not node.kwargs:
             return self._sum(node, differences)
-        if (
-            isinstance(module, _SAME_OP_MODULES)
-            or (node.op == "call_function" and node.target in _SAME_OP_FUNCTIONS)
-            or (node.op == "call_method" and node.target in _SAME_OP_METHODS)
+        if alone and (
+            kind in _LINEAR_MODULES
+            or (node.op == "call_function" and node.target in _LINEAR_FUNCTIONS)
+            or (node.op == "call_method" and node.target in _LINEAR_METHODS)
         ):
-            args = (source, *node.args[1:])
-            return self._run(node, args, node.kwargs)
+            return self.recorder.node(node, (source, *node.args[1:]), node.kwargs)
         return self._through(node, differences)
 
     def _relu(self, node: torch.fx.Node, d: Tensor) -> Tensor:
@@ -145,20 +175,57 @@ class OutputDifferences:
         return torch.maximum(d.to(self.dtype), negative).add_(below_zero)
 
     def _sum(self, node: torch.fx.Node, differences) -> Tensor:
+        """a ± b: the differences' sum, where a constant operand does not broadcast the
+        result beyond the difference's shape."""
         a, b = (differences.get(n) if isinstance(n, torch.fx.Node) else None for n in node.args)
         subtract = node.target in (operator.sub, torch.sub)
-        if b is None:
-            return a
-        if a is None:
-            return -b if subtract else b
-        return a - b if subtract else a + b
+        if a is not None and b is not None:
+            return a - b if subtract else a + b
+        alone = a if b is None else (-b if subtract else b)
+        if alone.shape[1:] != self.values[node].shape[1:]:
+            return self._through(node, differences)
+        return alone
 
     def _through(self, node: torch.fx.Node, differences) -> Tensor:
         """Any other operation: g(a + d) - g(a), in float32."""
 
         def moved(n: torch.fx.Node):
-            d = differences.get(n)
-            return self.values[n] if d is None else self.values[n] + d.float()
+            d, value = differences.get(n), self.values[n]
+            return value.clone() if d is None else value + d.float()
 
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), moved)
-        return self._run(node, args, kwargs) - self.values[node]
+        return self.recorder.node(node, args, kwargs) - self.values[node]
+
+
+def _check_graph(graph: torch.fx.Graph) -> None:
+    """Raise :class:`Unsupported` for a graph that takes more than one input, reads a
+    tensor's size, or returns more than one value."""
+    placeholders = graph.find_nodes(op="placeholder")
+    (output,) = graph.find_nodes(op="output")
+    if len(placeholders) != 1 or not isinstance(output.args[0], torch.fx.Node):
+        raise Unsupported("one input and one output only")
+    if any(
+        (n.op == "call_method" and n.target in _SIZE_READS)
+        or (n.op == "call_function" and n.target is getattr)
+        for n in graph.nodes
+    ):
+        raise Unsupported("the graph reads a tensor's size")
+
+
+def _has_hooks(network: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in network.modules())
+
+
+def _last_uses(graph: torch.fx.Graph) -> dict[torch.fx.Node, list[torch.fx.Node]]:
+    """For each node, the nodes whose values are not needed after it."""
+    released: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    seen: set[torch.fx.Node] = set()
+    for node in reversed(graph.nodes):
+        if node.op == "output":
+            seen.update(node.all_input_nodes)
+            continue
+        for used in node.all_input_nodes:
+            if used not in seen:
+                seen.add(used)
+                released.setdefault(node, []).append(used)
+    return released
