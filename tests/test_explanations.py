@@ -212,58 +212,40 @@ def test_the_fast_copy_computes_what_the_network_does_and_leaves_it_alone(shippe
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
 
 
-def test_our_occlusion_is_captums(crop_model):
+def captums_occlusion(model, crop, target, window=16, stride=8):
+    """The crop as a tensor, its blurred baseline, and Captum's own Occlusion map."""
     import torch
     from captum.attr import Occlusion
 
-    from inference.engine.attribution import blurred, occlusion
+    from inference.engine.attribution import blurred
+
+    image = torch.from_numpy(crop.copy()).permute(2, 0, 1)[None].float() / 255
+    baseline = blurred(image, 4.0)
+    theirs = Occlusion(model).attribute(
+        image,
+        sliding_window_shapes=(3, window, window),
+        strides=(3, stride, stride),
+        baselines=baseline,
+        target=target,
+        perturbations_per_eval=32,
+    )
+    return image, baseline, theirs
+
+
+@pytest.mark.parametrize(("precision", "tolerance"), [("float32", 1e-4), ("bfloat16", 0.01)])
+def test_our_occlusion_is_captums(crop_model, precision, tolerance):
+    """In bfloat16 the passes carry differences (on any CPU: where bfloat16 is not
+    native, it is only slower), within 1 % of the map's peak."""
+    import torch
+
+    from inference.engine.attribution import occlusion
 
     model, spec = crop_model
     crop, _ = render_figure_crop(71000, "anaphase", size=spec.patch_px)
-    image = torch.from_numpy(crop.copy()).permute(2, 0, 1)[None].float() / 255
-    baseline = blurred(image, 4.0)
-    theirs = Occlusion(model).attribute(
-        image,
-        sliding_window_shapes=(3, 16, 16),
-        strides=(3, 8, 8),
-        baselines=baseline,
-        target=1,
-        perturbations_per_eval=32,
-    )
-    ours, _ = occlusion(model, image, baseline, 1, window=16, stride=8, per_eval=32)
-    assert ours.shape == theirs.shape
-    assert torch.allclose(ours, theirs, atol=1e-4 * float(theirs.abs().max()))
-
-
-def test_bfloat16_occlusion_stays_within_one_percent_of_captums(crop_model):
-    """Carried as differences, bfloat16 passes give float32's map to within 1 % of its
-    peak (on any CPU: where bfloat16 is not native, it is only slower)."""
-    import torch
-    from captum.attr import Occlusion
-
-    from inference.engine.attribution import blurred, occlusion
-
-    model, spec = crop_model
-    crop, _ = render_figure_crop(71001, "metaphase", size=spec.patch_px)
-    image = torch.from_numpy(crop.copy()).permute(2, 0, 1)[None].float() / 255
-    baseline = blurred(image, 4.0)
-    theirs = Occlusion(model).attribute(
-        image,
-        sliding_window_shapes=(3, 16, 16),
-        strides=(3, 8, 8),
-        baselines=baseline,
-        target=2,
-        perturbations_per_eval=32,
-    )
-    ours, precision = occlusion(model, image, baseline, 2, 16, 8, 32, "bfloat16")
-    assert precision == "bfloat16"
-    assert torch.allclose(ours, theirs, atol=0.01 * float(theirs.abs().max()))
-    # 1.5 times the network's input: the classifier resizes inside, which fx cannot
-    # trace, so whole float32 passes (as recorded)
-    _, precision = occlusion(
-        model, image[..., :96, :96], baseline[..., :96, :96], 2, 16, 8, 32, "bfloat16"
-    )
-    assert precision == "float32"
+    image, baseline, theirs = captums_occlusion(model, crop, 1)
+    ours, ran_in = occlusion(model, image, baseline, 1, 16, 8, 32, precision)
+    assert ran_in == precision and ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=tolerance * float(theirs.abs().max()))
 
 
 @pytest.mark.parametrize(
@@ -276,24 +258,17 @@ def test_bfloat16_occlusion_stays_within_one_percent_of_captums(crop_model):
     ],
 )
 def test_our_occlusion_is_captums_on_any_crop_and_window(crop_model, side, window, stride):
+    """Asked for bfloat16, these run whole float32 passes (the classifier resizes
+    inside, which cannot be traced) and say so."""
     import torch
-    from captum.attr import Occlusion
 
-    from inference.engine.attribution import blurred, occlusion
+    from inference.engine.attribution import occlusion
 
     model, spec = crop_model
     crop, _ = render_figure_crop(71000, "anaphase", size=spec.patch_px)
-    image = torch.from_numpy(crop[:side, :side].copy()).permute(2, 0, 1)[None].float() / 255
-    baseline = blurred(image, 4.0)
-    theirs = Occlusion(model).attribute(
-        image,
-        sliding_window_shapes=(3, window, window),
-        strides=(3, stride, stride),
-        baselines=baseline,
-        target=1,
-        perturbations_per_eval=32,
-    )
-    ours, _ = occlusion(model, image, baseline, 1, window=window, stride=stride, per_eval=32)
+    image, baseline, theirs = captums_occlusion(model, crop[:side, :side], 1, window, stride)
+    ours, ran_in = occlusion(model, image, baseline, 1, window, stride, 32, "bfloat16")
+    assert ran_in == "float32"
     assert torch.allclose(ours, theirs, atol=1e-4 * float(theirs.abs().max()))
 
 
