@@ -258,8 +258,9 @@ def test_our_occlusion_is_captums(crop_model, precision, tolerance):
     ],
 )
 def test_our_occlusion_is_captums_on_any_crop_and_window(crop_model, side, window, stride):
-    """Asked for bfloat16, these run whole float32 passes (the classifier resizes
-    inside, which cannot be traced) and say so."""
+    """Asked for bfloat16, these run whole float32 passes and say so: through Captum
+    where the windows do not tile the crop, else the classifier resizes inside, which
+    cannot be traced."""
     import torch
 
     from inference.engine.attribution import occlusion

@@ -475,23 +475,16 @@ def _occlusion_drops(
         layout = model.memory_format
     else:
         network, layout = model, torch.contiguous_format
+    changes = _window_changes(baseline - image, corners, window, per_eval, layout)
     with torch.no_grad():
         moved = None
         if precision == "bfloat16":
             moved = OutputDifferences.around(network, image, torch.bfloat16)
         if moved is not None:
-
-            def drops(change: Tensor) -> Tensor:
-                return -moved(change)[:, target]
-        else:
-            precision, score = "float32", network(image)[0, target]
-
-            def drops(change: Tensor) -> Tensor:
-                perturbed = (image + change).contiguous(memory_format=layout)
-                return score - network(perturbed)[:, target]
-
-        changes = _window_changes(baseline - image, corners, window, per_eval, layout)
-        return torch.cat([drops(change) for change in changes]), precision
+            return torch.cat([-moved(change)[:, target] for change in changes]), "bfloat16"
+        score = network(image)[0, target]
+        passes = (network((image + c).contiguous(memory_format=layout)) for c in changes)
+        return torch.cat([score - logits[:, target] for logits in passes]), "float32"
 
 
 def _window_changes(

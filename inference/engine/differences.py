@@ -28,7 +28,11 @@ _LINEAR_FUNCTIONS = {torch.flatten}
 _LINEAR_METHODS = {"view", "reshape", "flatten", "contiguous"}
 _SUMS = {operator.add, operator.sub, torch.add, torch.sub}
 _RELUS = {F.relu, torch.relu}
-_SIZE_READS = {"size", "dim", "numel", "stride"}  # x's batch of one is not the changes'
+# x's batch of one is not the changes': a graph that reads sizes is refused early (its
+# steps would also fail the floating-point-tensor check)
+_SIZE_READS = {"size", "dim", "numel", "stride"}
+_PROBE_SCALE = 0.1  # of x's largest magnitude
+_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.05}  # of the probe's difference
 
 _traced: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -38,15 +42,28 @@ class Unsupported(Exception):
 
 
 def traced(network: nn.Module) -> torch.fx.GraphModule | None:
-    """``network`` traced by torch.fx, once per network object (so a network must not be
-    changed in place once traced; :meth:`OutputDifferences.around` checks its output
-    against the network's own), or None where it cannot be traced."""
-    if network not in _traced:
+    """``network`` traced by torch.fx, once per network object and again when one of the
+    layers it calls was replaced, or None where it cannot be traced."""
+    graph_module = _traced.get(network)
+    if network not in _traced or (graph_module is not None and _replaced(graph_module, network)):
         try:
-            _traced[network] = torch.fx.symbolic_trace(network)
+            graph_module = torch.fx.symbolic_trace(network)
         except Exception:  # dynamic control flow
-            _traced[network] = None
-    return _traced[network]
+            graph_module = None
+        _traced[network] = graph_module
+    return graph_module
+
+
+def _replaced(graph_module: torch.fx.GraphModule, network: nn.Module) -> bool:
+    """Whether a layer the trace calls is no longer the network's."""
+    calls = graph_module.graph.find_nodes(op="call_module")
+    try:
+        return any(
+            graph_module.get_submodule(n.target) is not network.get_submodule(n.target)
+            for n in calls
+        )
+    except AttributeError:  # a layer removed
+        return True
 
 
 class _Recorder(torch.fx.Interpreter):
@@ -61,7 +78,7 @@ class _Recorder(torch.fx.Interpreter):
         copy = lambda v: v.clone() if isinstance(v, Tensor) else v  # noqa: E731
         return torch.fx.node.map_aggregate((args, kwargs), copy)
 
-    def node(self, node: torch.fx.Node, args, kwargs):
+    def run_with(self, node: torch.fx.Node, args, kwargs):
         """Run one node on the given argument values."""
         return getattr(self, node.op)(node.target, args, kwargs)
 
@@ -93,54 +110,51 @@ class OutputDifferences:
         they could differ from whole passes: a network that cannot be traced, is in
         training mode or has hooks, whose graph reads sizes, takes more than x or gives
         anything but one floating-point tensor at any step, whose traced pass is not its
-        own (in-place aliasing, a network changed since it was traced), or whose carried
-        difference for a probe change is not that of two whole passes."""
+        own, that changes in place a value it reads again, or whose carried difference
+        for a probe change is not that of two whole passes."""
         graph_module = traced(network)
         if graph_module is None or network.training or _has_hooks(network):
             return None
         try:
-            _check_graph(graph_module.graph)
-            differences = cls(graph_module, x, dtype)
-            differences.check(network, x)
-        except Unsupported:
+            with torch.no_grad():
+                _check_graph(graph_module.graph)
+                differences = cls(graph_module, x, dtype)
+                differences.check(network, x)
+        except Exception:  # Unsupported, or a step this cannot run: whole passes will
             return None
         return differences
 
     def __call__(self, d: Tensor) -> Tensor:
         """f(x + d) - f(x) in float32 for a batch ``d`` of changes of x's shape."""
         differences: dict[torch.fx.Node, Tensor | None] = {}
-        for node in self.graph.nodes:
+        *steps, output = self.graph.nodes
+        for node in steps:
             if node.op == "placeholder":
                 differences[node] = d
-            elif node.op == "output":
-                return differences[node.args[0]].float()
             elif all(differences[n] is None for n in node.all_input_nodes):
                 differences[node] = None  # a constant
             else:
                 differences[node] = self._difference(node, differences)
             for done in self.released_after.get(node, ()):
                 del differences[done]
-        raise Unsupported("the traced network has no output")
+        return differences[output.args[0]].float()
 
     def check(self, network: nn.Module, x: Tensor) -> None:
         """Raise :class:`Unsupported` unless x's traced pass is the network's own and a
-        probe change's carried difference is that of two whole passes (to float32's
-        rounding, or within 5 % of its scale in bfloat16)."""
+        probe change's carried difference is that of two whole passes (``_TOLERANCE``)."""
         values = self.values.values()
         if not all(isinstance(v, Tensor) and v.is_floating_point() for v in values):
             raise Unsupported("a step gives something other than one floating-point tensor")
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-        probe = noise.to(x) * (0.1 * float(x.std()))
-        with torch.no_grad():
-            own = network(x)
-            expected = network(x + probe) - own
-            carried = self(probe)
+        probe = noise.to(x) * (_PROBE_SCALE * (float(x.abs().max()) or 1.0))
+        own = network(x)
+        expected = network(x + probe) - own
+        carried = self(probe)
         output = self.values[self.graph.find_nodes(op="output")[0]]
-        if not torch.allclose(output, own, rtol=1e-5, atol=1e-5 * float(own.abs().max())):
+        if output.shape != own.shape or not torch.allclose(output, own, rtol=1e-5, atol=1e-6):
             raise Unsupported("the traced pass is not the network's own")
-        tolerance = 1e-3 if self.dtype == torch.float32 else 0.05
         error = float((carried - expected).abs().max())
-        if not error <= tolerance * float(expected.abs().max()) + 1e-6:
+        if not error <= _TOLERANCE[self.dtype] * float(expected.abs().max()) + 1e-6:
             raise Unsupported("a probe change's carried difference is not two passes'")
 
     def _difference(self, node: torch.fx.Node, differences) -> Tensor:
@@ -162,7 +176,7 @@ class OutputDifferences:
             or (node.op == "call_function" and node.target in _LINEAR_FUNCTIONS)
             or (node.op == "call_method" and node.target in _LINEAR_METHODS)
         ):
-            return self.recorder.node(node, (source, *node.args[1:]), node.kwargs)
+            return self.recorder.run_with(node, (source, *node.args[1:]), node.kwargs)
         return self._through(node, differences)
 
     def _relu(self, node: torch.fx.Node, d: Tensor) -> Tensor:
@@ -175,8 +189,9 @@ class OutputDifferences:
         return torch.maximum(d.to(self.dtype), negative).add_(below_zero)
 
     def _sum(self, node: torch.fx.Node, differences) -> Tensor:
-        """a ± b: the differences' sum, where a constant operand does not broadcast the
-        result beyond the difference's shape."""
+        """a ± b carried as the sum of the operands' differences (a constant's is zero);
+        where a constant operand broadcasts the result to a larger shape than the
+        difference's, as any other operation."""
         a, b = (differences.get(n) if isinstance(n, torch.fx.Node) else None for n in node.args)
         subtract = node.target in (operator.sub, torch.sub)
         if a is not None and b is not None:
@@ -194,12 +209,13 @@ class OutputDifferences:
             return value.clone() if d is None else value + d.float()
 
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), moved)
-        return self.recorder.node(node, args, kwargs) - self.values[node]
+        return self.recorder.run_with(node, args, kwargs) - self.values[node]
 
 
 def _check_graph(graph: torch.fx.Graph) -> None:
     """Raise :class:`Unsupported` for a graph that takes more than one input, reads a
-    tensor's size, or returns more than one value."""
+    tensor's size, returns more than one value, or changes in place a value that a later
+    step reads (the recorded values are each step's own, taken before any change)."""
     placeholders = graph.find_nodes(op="placeholder")
     (output,) = graph.find_nodes(op="output")
     if len(placeholders) != 1 or not isinstance(output.args[0], torch.fx.Node):
@@ -210,9 +226,27 @@ def _check_graph(graph: torch.fx.Graph) -> None:
         for n in graph.nodes
     ):
         raise Unsupported("the graph reads a tensor's size")
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    for node in graph.nodes:
+        changed = node.args[0] if _in_place(node, graph) and node.args else None
+        if isinstance(changed, torch.fx.Node) and any(
+            order[user] > order[node] for user in changed.users
+        ):
+            raise Unsupported("a value changed in place is read again")
+
+
+def _in_place(node: torch.fx.Node, graph: torch.fx.Graph) -> bool:
+    """Whether ``node`` may change its first argument in place: a layer or function with
+    ``inplace=True``, or a tensor method whose name ends in an underscore."""
+    if node.op == "call_module":
+        return bool(getattr(graph.owning_module.get_submodule(node.target), "inplace", False))
+    if node.op == "call_method":
+        return node.target.endswith("_")
+    return node.op == "call_function" and bool(node.kwargs.get("inplace", False))
 
 
 def _has_hooks(network: nn.Module) -> bool:
+    """Whether any layer has forward hooks (which the carried convolutions would skip)."""
     return any(m._forward_hooks or m._forward_pre_hooks for m in network.modules())
 
 
