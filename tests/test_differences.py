@@ -149,6 +149,17 @@ class Aliased(nn.Module):
         return (y + z).mean((2, 3))
 
 
+class AliasedThroughAView(Aliased):
+    def __init__(self):
+        super().__init__()
+        self.same = nn.Identity()
+
+    def forward(self, x):
+        y = x + 10.0
+        z = self.relu(self.same(y).view(-1, 3, 8, 8))
+        return (y + z).mean((2, 3))
+
+
 class ConstantOutput(nn.Module):
     def __init__(self):
         super().__init__()
@@ -171,6 +182,7 @@ REFUSED = {
     "masks": Masks().eval(),
     "two inputs": TwoInputs().eval(),
     "aliased": Aliased().eval(),
+    "aliased through a view": AliasedThroughAView().eval(),
     "constant output": ConstantOutput().eval(),
     "hooked": hooked().eval(),
     "training": nn.Sequential(nn.Conv2d(3, 3, 1), nn.Dropout(0.5)).train(),

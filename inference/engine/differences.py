@@ -31,6 +31,12 @@ _RELUS = {F.relu, torch.relu}
 # x's batch of one is not the changes': a graph that reads sizes is refused early (its
 # steps would also fail the floating-point-tensor check)
 _SIZE_READS = {"size", "dim", "numel", "stride"}
+# steps whose output may be their input itself or a view of it
+_VIEW_MODULES = (nn.Identity, nn.Dropout, nn.Flatten)
+_VIEW_METHODS = {"view", "view_as", "reshape", "flatten", "contiguous", "expand", "expand_as"}
+_VIEW_METHODS |= {"squeeze", "unsqueeze", "transpose", "permute", "narrow", "t"}
+_VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, operator.getitem}
+_VIEW_FUNCTIONS |= {torch.transpose, torch.permute, torch.narrow}
 _PROBE_SCALE = 0.1  # of x's largest magnitude
 _TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.05}  # of the probe's difference
 
@@ -227,12 +233,33 @@ def _check_graph(graph: torch.fx.Graph) -> None:
     ):
         raise Unsupported("the graph reads a tensor's size")
     order = {node: i for i, node in enumerate(graph.nodes)}
+    storage = {node: _storage(node, graph) for node in graph.nodes}
     for node in graph.nodes:
-        changed = node.args[0] if _in_place(node, graph) and node.args else None
-        if isinstance(changed, torch.fx.Node) and any(
-            order[user] > order[node] for user in changed.users
-        ):
+        if not (_in_place(node, graph) and node.args and isinstance(node.args[0], torch.fx.Node)):
+            continue
+        earlier = [n for n in order if storage[n] is storage[node] and order[n] < order[node]]
+        if any(order[user] > order[node] for n in earlier for user in n.users):
             raise Unsupported("a value changed in place is read again")
+
+
+def _storage(node: torch.fx.Node, graph: torch.fx.Graph) -> torch.fx.Node:
+    """The step whose tensor ``node``'s value is (the same, or a view of it): followed
+    back through layers and functions that may return their input or a view of it."""
+    while (
+        node.args
+        and isinstance(node.args[0], torch.fx.Node)
+        and (_may_alias(node, graph) or _in_place(node, graph))
+    ):
+        node = node.args[0]
+    return node
+
+
+def _may_alias(node: torch.fx.Node, graph: torch.fx.Graph) -> bool:
+    if node.op == "call_module":
+        return type(graph.owning_module.get_submodule(node.target)) in _VIEW_MODULES
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS
+    return node.op == "call_function" and node.target in _VIEW_FUNCTIONS
 
 
 def _in_place(node: torch.fx.Node, graph: torch.fx.Graph) -> bool:
