@@ -53,11 +53,11 @@ from inference.engine.model_io import load_classifier  # noqa: E402
 from inference.tools.synth import PHASES, render_figure_crop  # noqa: E402
 
 
-def ours(model, crop) -> tuple[dict[str, float], float]:
-    """Per-method ms of our five maps, and the whole call's ms (with deletion curves)."""
+def ours(model, crop) -> tuple[dict, float]:
+    """Our five maps by method, and the whole call's ms (with deletion curves)."""
     start = time.perf_counter()
     _, _, maps = explain_crop(model, crop, METHODS)
-    return {m.method: m.ms for m in maps}, (time.perf_counter() - start) * 1000
+    return {m.method: m for m in maps}, (time.perf_counter() - start) * 1000
 
 
 def captum_defaults(model, crop) -> dict[str, float]:
@@ -183,10 +183,10 @@ def main():
         per_method, total = ours(model, crop)
         theirs = captum_defaults(plain, crop)
         for m in METHODS:
-            mine[m].append(per_method[m])
+            mine[m].append(per_method[m].ms)
             anchor[m].append(theirs[m])
         totals.append(total)
-        mine_maps.append(sum(per_method.values()))
+        mine_maps.append(sum(map_.ms for map_ in per_method.values()))
         anchor_maps.append(sum(theirs.values()))
     cpu = cpu_model()
     print(
@@ -209,8 +209,7 @@ def main():
     windows = ((spec.patch_px - settings.occlusion_window) // settings.occlusion_stride + 1) ** 2
     macs = multiply_adds(model.module, spec.network_px)
     seconds = statistics.median(mine["occlusion"]) / 1000
-    (occlusion_map,) = explain_crop(model, crops[0], ["occlusion"])[2]
-    precision = occlusion_map.parameters["precision"]
+    precision = per_method["occlusion"].parameters["precision"]
     print(
         f"\nOcclusion: {windows + 1} {precision} passes of {macs / 1e6:.0f} M multiply-adds, "
         f"{2 * macs * (windows + 1) / seconds / 1e9:.0f} GFLOP/s (a 2,048-square float32 "

@@ -203,7 +203,14 @@ def main():
                 job_stages.append(timings)
             if args.forced_readers:
                 start = time.perf_counter()
-                run_slide(slide_path, detector, classifier, device=device, num_workers=args.workers)
+                run_slide(
+                    slide_path,
+                    detector,
+                    classifier,
+                    device=device,
+                    batch_size=args.batch_size,
+                    num_workers=args.workers,
+                )
                 forced.append(time.perf_counter() - start)
             start = time.perf_counter()
             result = run_slide(

@@ -439,7 +439,7 @@ def occlusion(
         for top in range(0, height - window + 1, stride)
         for left in range(0, width - window + 1, stride)
     ]
-    drops, precision = _occlusion_drops(
+    drops, ran_in = _occlusion_drops(
         model, image, baseline, target, corners, window, per_eval, precision
     )
     total = torch.zeros(height, width, device=image.device)
@@ -447,7 +447,7 @@ def occlusion(
     for drop, (top, left) in zip(drops, corners, strict=True):
         total[top : top + window, left : left + window] += drop
         covered[top : top + window, left : left + window] += 1
-    return (total / covered.clamp(min=1)).expand(1, channels, height, width), precision
+    return (total / covered.clamp(min=1)).expand(1, channels, height, width), ran_in
 
 
 def _occlusion_drops(
@@ -483,7 +483,7 @@ def _occlusion_drops(
         if moved is not None:
             return torch.cat([-moved(change)[:, target] for change in changes]), "bfloat16"
         score = network(image)[0, target]
-        passes = (network((image + c).contiguous(memory_format=layout)) for c in changes)
+        passes = (network(image + change) for change in changes)  # in the changes' layout
         return torch.cat([score - logits[:, target] for logits in passes]), "float32"
 
 
